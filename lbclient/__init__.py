@@ -1,0 +1,60 @@
+"""lbclient: a client-side load balancer for httpx.
+
+>>> from lbclient import LBClient
+>>> with LBClient(hosts=["127.0.0.1:8001", "127.0.0.1:8002"]) as client:   # doctest: +SKIP
+...     client.get("/api/data")
+"""
+
+from ._client import AsyncLBClient, LBClient
+from ._core import (
+    STRATEGIES,
+    ConsistentHash,
+    Host,
+    HostState,
+    IpHash,
+    LeastConnections,
+    LeastResponseTime,
+    PeakEwma,
+    Pool,
+    PoolView,
+    PowerOfTwoChoices,
+    RandomChoice,
+    RoundRobin,
+    Strategy,
+    UrlHash,
+    WeightedLeastConnections,
+    WeightedRandom,
+    WeightedRoundRobin,
+)
+from ._exceptions import NoAvailableHostError
+from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SERVICE",
+    "STRATEGIES",
+    "AsyncLBClient",
+    "AsyncLoadBalancingTransport",
+    "ConsistentHash",
+    "Host",
+    "HostState",
+    "IpHash",
+    "LBClient",
+    "LeastConnections",
+    "LeastResponseTime",
+    "LoadBalancingTransport",
+    "NoAvailableHostError",
+    "PeakEwma",
+    "Pool",
+    "PoolView",
+    "PowerOfTwoChoices",
+    "RandomChoice",
+    "RoundRobin",
+    "Strategy",
+    "UrlHash",
+    "WeightedLeastConnections",
+    "WeightedRandom",
+    "WeightedRoundRobin",
+    "__version__",
+]

@@ -1,0 +1,124 @@
+"""``LBClient`` and ``AsyncLBClient``: httpx clients whose relative requests are balanced.
+
+Both are plain httpx clients with a balancing transport mounted for the pool's service name; the
+client's ``base_url`` names that service, so ``client.get("/api")`` is a pool request and
+``client.get("https://example.org/x")`` bypasses the pool. Everything else is httpx's own behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from . import _urls
+from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Pool, Strategy
+from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
+
+__all__ = ["AsyncLBClient", "LBClient"]
+
+# The httpx client keywords that configure its default transport; the balancer's default inner
+# transport is built from the same ones, exactly as httpx would build it.
+_TRANSPORT_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+
+
+def _service_and_base_url(service: str | None, base_url: httpx.URL | str | None) -> tuple[str, str]:
+    """The service name and the client's base URL. A ``base_url`` with a host names the service
+    (``base_url="http://users/api"`` is service ``users`` with ``/api`` in front of every path); one
+    without a host is only a path under the service."""
+    if base_url is None:
+        name = service or DEFAULT_SERVICE
+        return name, f"http://{name}"
+    url = httpx.URL(base_url)
+    if url.host:
+        if service is not None and service.lower() != url.host:
+            raise ValueError(f"base_url {str(base_url)!r} names host {url.host!r} but service is {service!r}")
+        if url.port is not None or url.scheme != "http":
+            raise ValueError(
+                f"base_url {str(base_url)!r} must be http://SERVICE[/path]: the hosts give scheme and port"
+            )
+        return url.host, str(url)
+    name = service or DEFAULT_SERVICE
+    return name, f"http://{name}{url.raw_path.decode('ascii')}"
+
+
+def _client_kwargs(kwargs: dict[str, Any], service: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Split the httpx keywords: (service name, keywords for the inner transport, keywords for httpx)."""
+    name, base_url = _service_and_base_url(service, kwargs.pop("base_url", None))
+    inner = {key: kwargs[key] for key in _TRANSPORT_KEYWORDS if key in kwargs}
+    kwargs["base_url"] = base_url
+    return name, inner, kwargs
+
+
+class _PoolClient:
+    """What both balancing clients add to their httpx base class."""
+
+    base_url: httpx.URL
+    _balancer: LoadBalancingTransport | AsyncLoadBalancingTransport
+
+    @property
+    def pool(self) -> Pool:
+        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
+        return self._balancer.pool
+
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        # httpx merges a relative URL onto base_url with copy_with, which parses the URL a second
+        # time; every pool request pays it, so merge the parsed parts instead (same result).
+        merged = httpx.URL(url)
+        if not merged.is_relative_url:
+            return merged
+        raw = (self.base_url.raw_path + merged.raw_path.lstrip(b"/")).decode("ascii")
+        path, sep, query = raw.partition("?")
+        return _urls.replace(self.base_url, path=path, query=query if sep else None)
+
+
+class LBClient(_PoolClient, httpx.Client):
+    """An ``httpx.Client`` that balances its relative requests over ``hosts``.
+
+    Takes every ``httpx.Client`` keyword; ``transport=`` is the inner transport that the balancer sends
+    through (by default an ``httpx.HTTPTransport`` built from ``verify``, ``cert``, ``http1``, ``http2``,
+    ``limits`` and ``trust_env``, as httpx builds its own). ``client.pool`` is the live host set.
+    """
+
+    def __init__(
+        self,
+        hosts: Iterable[HostLike],
+        *,
+        strategy: str | Strategy = "round_robin",
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        service: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
+        inner = kwargs.pop("transport", None) or httpx.HTTPTransport(**inner_kwargs)
+        balancer = LoadBalancingTransport(
+            hosts, strategy=strategy, panic_threshold=panic_threshold, transport=inner, service=name
+        )
+        # Mounted for the service name so that proxy mounts from the environment never capture pool
+        # requests; also the default transport, so other absolute URLs go through the inner one.
+        mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
+        super().__init__(transport=balancer, mounts=mounts, **kwargs)
+        self._balancer = balancer
+
+
+class AsyncLBClient(_PoolClient, httpx.AsyncClient):
+    """The async twin of :class:`LBClient`, on asyncio or trio."""
+
+    def __init__(
+        self,
+        hosts: Iterable[HostLike],
+        *,
+        strategy: str | Strategy = "round_robin",
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        service: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
+        inner = kwargs.pop("transport", None) or httpx.AsyncHTTPTransport(**inner_kwargs)
+        balancer = AsyncLoadBalancingTransport(
+            hosts, strategy=strategy, panic_threshold=panic_threshold, transport=inner, service=name
+        )
+        mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
+        super().__init__(transport=balancer, mounts=mounts, **kwargs)
+        self._balancer = balancer

@@ -1,0 +1,57 @@
+"""The pure core of lbclient: hosts, their live state, strategies and the pool.
+
+Nothing here does I/O, starts threads or tasks, reads the clock or uses the global random generator:
+time, randomness and locking come in as arguments, so the same code runs in the clients, the tests and
+a simulator on a fake clock.
+"""
+
+from ._hashing import hash64
+from ._host import Host, HostLike, HostState
+from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, Lease, Pool
+from ._strategies import (
+    STRATEGIES,
+    ConsistentHash,
+    IpHash,
+    KeySource,
+    LeastConnections,
+    LeastResponseTime,
+    PeakEwma,
+    PoolView,
+    PowerOfTwoChoices,
+    RandomChoice,
+    RoundRobin,
+    Strategy,
+    UrlHash,
+    WeightedLeastConnections,
+    WeightedRandom,
+    WeightedRoundRobin,
+    make_strategy,
+)
+
+__all__ = [
+    "DEFAULT_EWMA_DECAY",
+    "DEFAULT_PANIC_THRESHOLD",
+    "STRATEGIES",
+    "ConsistentHash",
+    "Host",
+    "HostLike",
+    "HostState",
+    "IpHash",
+    "KeySource",
+    "Lease",
+    "LeastConnections",
+    "LeastResponseTime",
+    "PeakEwma",
+    "Pool",
+    "PoolView",
+    "PowerOfTwoChoices",
+    "RandomChoice",
+    "RoundRobin",
+    "Strategy",
+    "UrlHash",
+    "WeightedLeastConnections",
+    "WeightedRandom",
+    "WeightedRoundRobin",
+    "hash64",
+    "make_strategy",
+]

@@ -1,0 +1,187 @@
+"""Hosts: the validated configuration of one backend, and its live state in a pool."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["Host", "HostLike", "HostState", "parse_hosts"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _normalize_url(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"host URL must be a non-empty string, got {raw!r}")
+    text = raw.strip()
+    candidate = text if "://" in text else f"http://{text}"
+    try:
+        parts = urlsplit(candidate)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"host URL {raw!r} is not valid: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"host URL {raw!r} is not http(s): scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError(f"host URL {raw!r} has no host name")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"host URL {raw!r} carries credentials; pass auth= to the client instead")
+    if parts.query or parts.fragment:
+        raise ValueError(f"host URL {raw!r} must not have a query or fragment")
+    hostname = parts.hostname.lower()
+    netloc = f"[{hostname}]" if ":" in hostname else hostname
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _validate_weight(weight: object, url: str) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"weight of host {url!r} must be a number, got {weight!r}")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight of host {url!r} must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One backend of a pool: a base URL (with an optional path prefix) and a weight.
+
+    ``Host("10.0.0.1:8000")`` gets ``http://``; ``Host("https://b.internal/v1", weight=3)`` receives three
+    times the share of a weight-1 host and ``/v1`` is joined in front of every request path. Weight 0
+    drains the host: it keeps its in-flight requests but receives no new ones. ``metadata`` is free for
+    the user (zone, version, ...) and ignored by the balancer.
+    """
+
+    url: str
+    weight: float = 1.0
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        url = _normalize_url(self.url)
+        object.__setattr__(self, "url", url)
+        object.__setattr__(self, "weight", _validate_weight(self.weight, url))
+        if not isinstance(self.metadata, Mapping):
+            raise ValueError(f"metadata of host {url!r} must be a mapping, got {self.metadata!r}")
+
+    @property
+    def prefix(self) -> str:
+        """The path prefix joined in front of request paths ("" when there is none)."""
+        return urlsplit(self.url).path
+
+
+HostLike = str | Host | Mapping[str, Any]
+
+_MAPPING_KEYS = frozenset({"url", "weight", "metadata"})
+
+
+def _to_host(item: object) -> Host:
+    if isinstance(item, Host):
+        return item
+    if isinstance(item, str):
+        return Host(item)
+    if isinstance(item, Mapping):
+        unknown = set(item) - _MAPPING_KEYS
+        if unknown:
+            raise ValueError(f"host {dict(item)!r} has unknown keys {sorted(unknown)!r}")
+        if "url" not in item:
+            raise ValueError(f"host {dict(item)!r} has no 'url'")
+        return Host(item["url"], item.get("weight", 1.0), item.get("metadata", {}))
+    raise ValueError(f"host must be a URL string, a Host or a mapping, got {item!r}")
+
+
+def parse_hosts(hosts: Iterable[HostLike]) -> list[Host]:
+    """Validate a host list: non-empty, no duplicates, at least one host with weight > 0."""
+    if isinstance(hosts, (str, bytes, Host, Mapping)) or not isinstance(hosts, Iterable):
+        raise ValueError(f"hosts must be a non-empty sequence of hosts, got {hosts!r}")
+    parsed = [_to_host(item) for item in hosts]
+    if not parsed:
+        raise ValueError("hosts must not be empty: got []")
+    seen: set[str] = set()
+    for host in parsed:
+        if host.url in seen:
+            raise ValueError(f"host {host.url!r} is listed twice")
+        seen.add(host.url)
+    if all(host.weight == 0 for host in parsed):
+        raise ValueError(f"every host has weight 0, so none can take requests: {[h.url for h in parsed]!r}")
+    return parsed
+
+
+class HostState:
+    """The live state of one host in a pool, updated as requests start and end.
+
+    Read it through ``pool.hosts``; the pool mutates it under its lock. ``ewma_latency`` is a
+    time-decayed moving average of response latency in seconds (``None`` until the first response);
+    ``peak_ewma`` is the same average but jumps up to any slower sample at once (Finagle's peak EWMA).
+    """
+
+    __slots__ = (
+        "host",
+        "url",
+        "weight",
+        "healthy",
+        "ejected",
+        "outstanding",
+        "requests",
+        "failures",
+        "ewma_latency",
+        "peak_ewma",
+        "last_sample_at",
+        "selectable",
+    )
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.url = host.url
+        self.weight = host.weight
+        self.healthy = True
+        self.ejected = False
+        self.outstanding = 0
+        self.requests = 0
+        self.failures = 0
+        self.ewma_latency: float | None = None
+        self.peak_ewma: float | None = None
+        self.last_sample_at = 0.0
+        #: True while the current picker may choose this host (maintained by the pool).
+        self.selectable = False
+
+    @property
+    def available(self) -> bool:
+        """Takes new requests outside panic: weight > 0, healthy and not ejected."""
+        return self.weight > 0 and self.healthy and not self.ejected
+
+    def record_latency(self, sample: float, now: float, decay: float) -> None:
+        """Fold one latency sample into both averages; ``decay`` is the time constant in seconds."""
+        if self.ewma_latency is None or self.peak_ewma is None:
+            self.ewma_latency = self.peak_ewma = sample
+        else:
+            w = math.exp(-max(now - self.last_sample_at, 0.0) / decay)
+            self.ewma_latency = self.ewma_latency * w + sample * (1.0 - w)
+            decayed = self.peak_ewma_at(now, decay)
+            self.peak_ewma = sample if sample > decayed else decayed * w + sample * (1.0 - w)
+        self.last_sample_at = now
+
+    def peak_ewma_at(self, now: float, decay: float) -> float:
+        """Peak EWMA as of ``now``: it decays toward 0 while no sample arrives, so an idle host is
+        probed again after a while instead of being shunned forever (Finagle's PeakEwma)."""
+        if self.peak_ewma is None:
+            return 0.0
+        return self.peak_ewma * math.exp(-max(now - self.last_sample_at, 0.0) / decay)
+
+    def __repr__(self) -> str:
+        flags = [] if self.healthy else ["unhealthy"]
+        if self.ejected:
+            flags.append("ejected")
+        if self.weight == 0:
+            flags.append("drained")
+        latency = "-" if self.ewma_latency is None else f"{self.ewma_latency * 1000:.1f}ms"
+        return (
+            f"<HostState {self.url} weight={self.weight:g} outstanding={self.outstanding} "
+            f"requests={self.requests} failures={self.failures} ewma={latency}"
+            + (f" {' '.join(flags)}" if flags else "")
+            + ">"
+        )

@@ -1,0 +1,520 @@
+"""Pick algorithms. Each one is a small state machine driven by the pool under its lock.
+
+The pool hands a strategy a :class:`PoolView` whenever the host set or the health of a host changes
+(``update``), tells it when a host's load changes (``on_load_change``, for strategies that set
+``tracks_load``) and asks it for a host per request (``pick``). A pick never scans every host: each
+strategy keeps a structure (counter, per-weight classes, heap, cumulative table, ring) that makes a pick
+O(1) or O(log n), so the balancer's cost stays flat from 10 to 10,000 hosts.
+
+Randomness comes from ``self.rng`` (a ``random.Random``; the pool gives its own to a strategy that has
+none) and time from the ``now`` argument, so a seeded generator and a fake clock replay a run exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from abc import ABC, abstractmethod
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import ClassVar, Literal
+
+from ._hashing import HASH_SPACE, hash64, hash64_many
+from ._host import HostState
+
+__all__ = [
+    "STRATEGIES",
+    "ConsistentHash",
+    "IpHash",
+    "KeySource",
+    "LeastConnections",
+    "LeastResponseTime",
+    "PeakEwma",
+    "PoolView",
+    "PowerOfTwoChoices",
+    "RandomChoice",
+    "RoundRobin",
+    "Strategy",
+    "UrlHash",
+    "WeightedLeastConnections",
+    "WeightedRandom",
+    "WeightedRoundRobin",
+    "make_strategy",
+]
+
+#: Where a hash strategy takes its key from when a request has no ``lb_key`` extension.
+KeySource = Literal["client_ip", "path"]
+
+#: Load given to a host that has no latency sample yet but already has a request in flight, so that a
+#: new host is explored one request at a time instead of drawing every request until its first answer
+#: (Finagle's PeakEwma does the same).
+_UNPROBED_PENALTY = 1e6
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What a strategy may pick from, rebuilt by the pool whenever hosts or their health change.
+
+    ``candidates``: the hosts a pick may return now (the available ones, or every member in panic).
+    ``members``: every host with weight > 0 in configuration order (hash strategies map keys onto
+    these so that a key keeps its host while that host is up). ``decay``: the EWMA time constant.
+    """
+
+    candidates: tuple[HostState, ...]
+    members: tuple[HostState, ...]
+    panic: bool
+    decay: float
+
+
+class Strategy(ABC):
+    """Base class of pick algorithms; subclass it to plug in your own (``strategy=MyStrategy()``).
+
+    One strategy object serves one pool. ``key_source`` names where hash strategies take their key from
+    (``None``: the strategy ignores keys, and the transport does not compute one).
+    """
+
+    name: ClassVar[str] = "custom"
+    key_source: ClassVar[KeySource | None] = None
+    tracks_load: ClassVar[bool] = False
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self.rng = rng
+        self._view = PoolView((), (), False, 10.0)
+        self._attached = False
+
+    def attach(self, rng: random.Random) -> None:
+        """Called once by the pool that this strategy serves; ``rng`` is used if it has none."""
+        if getattr(self, "_attached", False):
+            raise ValueError(f"strategy {self!r} already serves another pool; create one per pool")
+        self._attached = True
+        if getattr(self, "rng", None) is None:
+            self.rng = rng
+
+    def update(self, view: PoolView) -> None:
+        """Take a new set of candidates. Called under the pool's lock."""
+        self._view = view
+
+    @abstractmethod
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        """Choose a host among the current candidates, or ``None`` when there is none."""
+
+    def on_load_change(self, host: HostState) -> None:  # noqa: B027 - optional hook
+        """Called after ``host``'s in-flight count or latency changed (when ``tracks_load`` is set)."""
+
+    def _random(self) -> random.Random:
+        if self.rng is None:
+            raise RuntimeError(f"{type(self).__name__} has no random generator; attach it to a Pool")
+        return self.rng
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class RoundRobin(Strategy):
+    """Each candidate in turn, in configuration order."""
+
+    name = "round_robin"
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._next = 0
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        candidates = self._view.candidates
+        if not candidates:
+            return None
+        index = self._next % len(candidates)
+        self._next = index + 1
+        return candidates[index]
+
+
+class WeightedRoundRobin(Strategy):
+    """nginx's smooth weighted round robin: weights {a: 5, b: 1, c: 1} give ``a a b a c a a``.
+
+    nginx scans every host per pick. Here hosts of equal weight form a class: inside a class nginx's
+    choice always follows configuration order, so a pick only compares one candidate per class, which is
+    exact and O(number of distinct weights). With more than ``max_classes`` distinct weights the pick
+    switches to an earliest-deadline-first heap (the scheduler Envoy uses): the same shares, O(log n),
+    with a slightly different interleaving. Non-integer weights are honoured to 1/1000.
+    """
+
+    name = "weighted_round_robin"
+    max_classes: ClassVar[int] = 32
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._classes: list[_WeightClass] = []
+        self._total = 0
+        self._step = 0
+        self._edf: list[tuple[float, int]] = []
+        self._edf_weights: list[int] = []
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        candidates = view.candidates
+        scale = 1 if all(float(h.weight).is_integer() for h in candidates) else 1000
+        weights = [max(1, round(h.weight * scale)) for h in candidates]
+        by_weight: dict[int, list[tuple[int, HostState]]] = {}
+        for index, (host, weight) in enumerate(zip(candidates, weights, strict=True)):
+            by_weight.setdefault(weight, []).append((index, host))
+        self._total = sum(weights)
+        self._step = 0
+        if len(by_weight) <= self.max_classes:
+            self._classes = [_WeightClass(w, members) for w, members in by_weight.items()]
+            self._edf = []
+        else:
+            self._classes = []
+            self._edf_weights = weights
+            self._edf = [(1.0 / w, i) for i, w in enumerate(weights)]
+            heapq.heapify(self._edf)
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        if self._edf:
+            deadline, index = self._edf[0]
+            heapq.heapreplace(self._edf, (deadline + 1.0 / self._edf_weights[index], index))
+            return self._view.candidates[index]
+        if not self._classes:
+            return None
+        step = self._step + 1
+        total = self._total
+        best = self._classes[0]
+        best_score = best.score(step, total)
+        for cls in self._classes[1:]:
+            score = cls.score(step, total)
+            if score > best_score:
+                best, best_score = cls, score
+        host = best.take()
+        if step == total:  # every host had its share: nginx's current weights are all back at 0
+            self._step = 0
+            for cls in self._classes:
+                cls.turn = 0
+        else:
+            self._step = step
+        return host
+
+
+class _WeightClass:
+    """Hosts of one weight; inside the class smooth WRR picks them in configuration order."""
+
+    __slots__ = ("weight", "members", "turn")
+
+    def __init__(self, weight: int, members: list[tuple[int, HostState]]) -> None:
+        self.weight = weight
+        self.members = members
+        self.turn = 0
+
+    def score(self, step: int, total: int) -> tuple[int, int]:
+        """nginx's current weight of the class's next host, then -index so the first host wins ties."""
+        size = len(self.members)
+        index = self.members[self.turn % size][0]
+        return step * self.weight - total * (self.turn // size), -index
+
+    def take(self) -> HostState:
+        host = self.members[self.turn % len(self.members)][1]
+        self.turn += 1
+        return host
+
+
+class RandomChoice(Strategy):
+    """A uniformly random candidate."""
+
+    name = "random"
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        candidates = self._view.candidates
+        if not candidates:
+            return None
+        return candidates[int(self._random().random() * len(candidates))]
+
+
+class WeightedRandom(Strategy):
+    """A random candidate with probability proportional to its weight (cumulative table, bisect)."""
+
+    name = "weighted_random"
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._cumulative: list[float] = []
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        self._cumulative = list(accumulate(h.weight for h in view.candidates))
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        candidates = self._view.candidates
+        if not candidates:
+            return None
+        point = self._random().random() * self._cumulative[-1]
+        return candidates[min(bisect_right(self._cumulative, point), len(candidates) - 1)]
+
+
+class _LeastLoaded(Strategy):
+    """Least of ``load(host)`` over the candidates, kept in a heap with lazy invalidation.
+
+    Each load change pushes a fresh entry stamped with a sequence number; entries whose stamp is no
+    longer the host's are dropped when they reach the top. Equal loads go to the host whose load changed
+    least recently, which makes idle hosts take turns (round robin among ties, as nginx's least_conn).
+    """
+
+    tracks_load = True
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._index: dict[HostState, int] = {}
+        self._stamps: list[int] = []
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = 0
+
+    @abstractmethod
+    def load(self, host: HostState) -> float:
+        """The quantity to minimise."""
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        self._index = {host: i for i, host in enumerate(view.candidates)}
+        self._stamps = list(range(len(view.candidates)))
+        self._seq = len(view.candidates)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        candidates = self._view.candidates
+        self._heap = [(self.load(h), self._stamps[i], i) for i, h in enumerate(candidates)]
+        heapq.heapify(self._heap)
+
+    def on_load_change(self, host: HostState) -> None:
+        index = self._index.get(host)
+        if index is None:
+            return
+        self._seq += 1
+        self._stamps[index] = self._seq
+        heapq.heappush(self._heap, (self.load(host), self._seq, index))
+        if len(self._heap) > 4 * len(self._stamps) + 64:
+            self._rebuild()
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        heap = self._heap
+        stamps = self._stamps
+        while heap:
+            _, stamp, index = heap[0]
+            if stamps[index] == stamp:
+                return self._view.candidates[index]
+            heapq.heappop(heap)
+        return None
+
+
+class LeastConnections(_LeastLoaded):
+    """The candidate with the fewest requests in flight from this client; weights are ignored."""
+
+    name = "least_connections"
+
+    def load(self, host: HostState) -> float:
+        return host.outstanding
+
+
+class WeightedLeastConnections(_LeastLoaded):
+    """The candidate with the fewest requests in flight per unit of weight (nginx least_conn)."""
+
+    name = "weighted_least_connections"
+
+    def load(self, host: HostState) -> float:
+        return host.outstanding / host.weight
+
+
+def _latency_cost(latency: float | None, host: HostState) -> float:
+    """Expected wait on ``host``: its latency times the requests it would be serving, per weight."""
+    if latency is None or latency <= 0.0:
+        return _UNPROBED_PENALTY + host.outstanding if host.outstanding else 0.0
+    return latency * (host.outstanding + 1) / host.weight
+
+
+class LeastResponseTime(_LeastLoaded):
+    """The candidate with the lowest EWMA latency x (in-flight + 1) / weight (NGINX Plus least_time).
+
+    A host without a latency sample costs 0 while idle and is sent one request at a time until it
+    answers, so new hosts are measured without being flooded.
+    """
+
+    name = "least_response_time"
+
+    def load(self, host: HostState) -> float:
+        return _latency_cost(host.ewma_latency, host)
+
+
+class _TwoChoices(Strategy):
+    """Two distinct random candidates, keep the one with the lower ``cost`` (Mitzenmacher, "The Power
+    of Two Choices in Randomized Load Balancing", 2001): exponentially better balance than one random
+    choice, O(1), and no herding when many clients each see only their own load."""
+
+    @abstractmethod
+    def cost(self, host: HostState, now: float) -> float:
+        """The quantity compared between the two choices."""
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        candidates = self._view.candidates
+        count = len(candidates)
+        if count <= 1:
+            return candidates[0] if candidates else None
+        rnd = self._random().random
+        first = int(rnd() * count)
+        second = int(rnd() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = candidates[first], candidates[second]
+        return b if self.cost(b, now) < self.cost(a, now) else a
+
+
+class PowerOfTwoChoices(_TwoChoices):
+    """P2C on in-flight requests per unit of weight."""
+
+    name = "power_of_two_choices"
+
+    def cost(self, host: HostState, now: float) -> float:
+        return host.outstanding / host.weight
+
+
+class PeakEwma(_TwoChoices):
+    """P2C on peak-EWMA latency x (in-flight + 1) / weight, as Finagle's and Linkerd's balancers.
+
+    The peak EWMA jumps to any slower sample at once and decays toward faster ones with the pool's time
+    constant (10 s by default); while a host gets no samples its cost decays toward 0, so a host that
+    was slow is probed again later instead of being shunned for good.
+    """
+
+    name = "peak_ewma"
+
+    def cost(self, host: HostState, now: float) -> float:
+        latency = host.peak_ewma_at(now, self._view.decay) if host.peak_ewma is not None else None
+        return _latency_cost(latency, host)
+
+
+class _KeyedHash(Strategy):
+    """Maps a key onto the members, weighted, by a stable hash. A key whose host is not selectable is
+    rehashed (up to 20 times, as nginx's hash module) so that keys of hosts that are up do not move; a
+    request without a key is sent round robin, as nginx does for an empty hash key."""
+
+    _rehash_limit: ClassVar[int] = 20
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._cumulative: list[float] = []
+        self._round_robin = RoundRobin()
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        self._cumulative = list(accumulate(h.weight for h in view.members))
+        self._round_robin.update(view)
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        if key is None:
+            return self._round_robin.pick(None, now)
+        members = self._view.members
+        if not members:
+            return None
+        total = self._cumulative[-1]
+        point = hash64(key)
+        for attempt in range(self._rehash_limit):
+            index = bisect_right(self._cumulative, point / HASH_SPACE * total)
+            host = members[min(index, len(members) - 1)]
+            if host.selectable:
+                return host
+            point = hash64(f"{key}#{attempt}")
+        candidates = self._view.candidates
+        return candidates[point % len(candidates)] if candidates else None
+
+
+class IpHash(_KeyedHash):
+    """The client address (``lb_key``, else the first ``X-Forwarded-For`` address, else ``X-Real-IP``)
+    picks the host: requests of one end user stick to one host."""
+
+    name = "ip_hash"
+    key_source = "client_ip"
+
+
+class UrlHash(_KeyedHash):
+    """The request path (or ``lb_key``) picks the host: good for per-host caches."""
+
+    name = "url_hash"
+    key_source = "path"
+
+
+class ConsistentHash(Strategy):
+    """A hash ring (Karger et al., 1997) with ``vnodes`` points per unit of weight and a binary search.
+
+    When one of n hosts leaves or is ejected only its ~1/n share of keys moves: a key walks clockwise to
+    the next point of a selectable host. Points come from BLAKE2b of the host URL, so every process builds
+    the same ring. The ring is rebuilt only when members or weights change, not on health changes.
+    """
+
+    name = "consistent_hash"
+    key_source = "path"
+    _index_bits: ClassVar[int] = 24
+
+    def __init__(self, *, vnodes: int = 100, rng: random.Random | None = None) -> None:
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+            raise ValueError(f"vnodes must be an int >= 1, got {vnodes!r}")
+        super().__init__(rng=rng)
+        self.vnodes = vnodes
+        self._ring: list[int] = []
+        self._ring_members: tuple[tuple[str, float], ...] = ()
+        self._round_robin = RoundRobin()
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        self._round_robin.update(view)
+        members = tuple((h.url, h.weight) for h in view.members)
+        if members == self._ring_members:
+            return
+        if len(members) >= 1 << self._index_bits:
+            raise ValueError(f"consistent_hash supports fewer than {1 << self._index_bits} hosts")
+        ring: list[int] = []
+        for index, (url, weight) in enumerate(members):
+            count = max(1, round(self.vnodes * weight))
+            ring.extend((point << self._index_bits) | index for point in hash64_many(url, count))
+        ring.sort()
+        self._ring = ring
+        self._ring_members = members
+
+    def pick(self, key: str | None, now: float) -> HostState | None:
+        if key is None:
+            return self._round_robin.pick(None, now)
+        ring = self._ring
+        members = self._view.members
+        if not ring or not self._view.candidates:
+            return None
+        mask = (1 << self._index_bits) - 1
+        start = bisect_left(ring, hash64(key) << self._index_bits)
+        size = len(ring)
+        for step in range(size):
+            host = members[ring[(start + step) % size] & mask]
+            if host.selectable:
+                return host
+        return None
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        RandomChoice,
+        WeightedRandom,
+        LeastConnections,
+        WeightedLeastConnections,
+        LeastResponseTime,
+        PowerOfTwoChoices,
+        PeakEwma,
+        IpHash,
+        UrlHash,
+        ConsistentHash,
+    )
+}
+
+
+def make_strategy(spec: str | Strategy) -> Strategy:
+    """A strategy object from its name, or ``spec`` itself when it already is one."""
+    if isinstance(spec, Strategy):
+        return spec
+    if isinstance(spec, str) and spec in STRATEGIES:
+        return STRATEGIES[spec]()
+    raise ValueError(f"unknown strategy {spec!r}; valid names: {', '.join(STRATEGIES)}")

@@ -1,0 +1,49 @@
+"""Project tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``, ``bench``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = os.environ.get("LBCLIENT_PYTHON") or None  # the running interpreter unless told otherwise
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite: the pure core, then real servers on 127.0.0.1 (asyncio and trio)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", "lbclient")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Start local backends on loopback and show how each strategy spreads requests."""
+    session.install("-e", ".")
+    session.run("python", "-m", "lbclient", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Overhead against plain httpx in the same run, and pick cost from 10 to 10,000 hosts."""
+    if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+        session.run("bash", "bench/install-nginx.sh", external=True)
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", *session.posargs)
