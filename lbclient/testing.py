@@ -8,8 +8,8 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
         client.get("/x").json()  # {"id": "a", "method": "GET", "path": "/x", ...}
         a.kill()                 # connections refused, open connections reset
 
-Special paths: ``/health`` (200, or ``health_status``) and ``/stream?chunks=N&delay=S`` (a chunked
-body of N lines).
+Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
+body of N lines) and ``/redirect?to=PATH`` (302).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
@@ -72,6 +73,12 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(backend.delay)
         if url.path == "/stream":
             self._stream(parse_qs(url.query))
+            return
+        if url.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", parse_qs(url.query).get("to", ["/"])[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         payload = {
             "id": backend.name,

@@ -1,0 +1,237 @@
+"""The balancing clients against real HTTP servers on 127.0.0.1: one table, sync, asyncio and trio."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import httpx
+import pytest
+
+import lbclient
+from lbclient import STRATEGIES, Host, NoAvailableHostError
+from lbclient.testing import Backend
+
+from conftest import Flavor
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_round_robin_spreads_evenly(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([b.url for b in backends]) as client:
+        ids = [(await flavor.get(client, "/api/data")).json()["id"] for _ in range(9)]
+    assert ids == ["a", "b", "c"] * 3
+    assert [b.count("GET", "/api/data") for b in backends] == [3, 3, 3]
+
+
+async def test_pool_request_is_rewritten_for_the_picked_host(flavor: Flavor, backends: list[Backend]) -> None:
+    a = backends[0]
+    async with flavor.client([Host(f"{a.url}/v1/")], headers={"X-Team": "core"}) as client:
+        response = await flavor.request(client, "PUT", "/api/data?x=1&y=%20", content=b"payload")
+    body = response.json()
+    assert body["path"] == "/v1/api/data"
+    assert body["query"] == "x=1&y=%20"
+    assert body["method"] == "PUT"
+    assert body["body"] == "payload"
+    assert body["host"] == f"127.0.0.1:{a.port}"
+    assert body["headers"]["X-Team"] == "core"
+    assert response.extensions["lb_host"] == f"{a.url}/v1"
+    assert response.extensions["lb_attempts"] == 1
+    assert str(response.request.url) == f"{a.url}/v1/api/data?x=1&y=%20"
+
+
+async def test_string_without_scheme_and_mapping_hosts(flavor: Flavor, backends: list[Backend]) -> None:
+    a, b, _ = backends
+    hosts = [f"127.0.0.1:{a.port}", {"url": b.url, "weight": 2}]
+    async with flavor.client(hosts, strategy="weighted_round_robin") as client:
+        ids = [(await flavor.get(client, "/")).json()["id"] for _ in range(6)]
+        assert [h.url for h in client.pool.hosts] == [a.url, b.url]
+    assert Counter(ids) == {"a": 2, "b": 4}
+
+
+async def test_absolute_url_to_another_host_bypasses_the_pool(flavor: Flavor, backends: list[Backend]) -> None:
+    a, b, outsider = backends
+    async with flavor.client([a.url, b.url]) as client:
+        response = await flavor.get(client, f"{outsider.url}/direct")
+        assert response.json()["id"] == "c"
+        assert "lb_host" not in response.extensions
+        assert sum(h.requests for h in client.pool.hosts) == 0
+    assert outsider.count("GET", "/direct") == 1
+
+
+async def test_every_strategy_serves_requests_from_the_pool(flavor: Flavor, backends: list[Backend]) -> None:
+    hosts = [b.url for b in backends]
+    for name in STRATEGIES:
+        async with flavor.client(hosts, strategy=name) as client:
+            for i in range(12):
+                response = await flavor.get(client, f"/item/{i}", headers={"X-Forwarded-For": f"10.0.0.{i}"})
+                assert response.status_code == 200
+                assert response.extensions["lb_host"] in hosts
+            states = client.pool.hosts
+            assert sum(h.requests for h in states) == 12, name
+            assert all(h.outstanding == 0 for h in states), name
+            assert all(h.ewma_latency is not None and h.ewma_latency > 0 for h in states if h.requests), name
+
+
+async def test_lb_key_is_sticky_across_clients(flavor: Flavor, backends: list[Backend]) -> None:
+    hosts = [b.url for b in backends]
+    seen: dict[str, set[str]] = {}
+    for _ in range(2):
+        async with flavor.client(hosts, strategy="consistent_hash") as client:
+            for user in ("alice", "bob", "carol", "dave"):
+                for _ in range(3):
+                    r = await flavor.get(client, "/cart", extensions={"lb_key": user})
+                    seen.setdefault(user, set()).add(r.json()["id"])
+    assert all(len(ids) == 1 for ids in seen.values()), seen
+
+
+async def test_ip_hash_follows_x_forwarded_for(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([b.url for b in backends], strategy="ip_hash") as client:
+        for ip in ("203.0.113.7", "198.51.100.23"):
+            ids = {
+                (await flavor.get(client, f"/p{i}", headers={"X-Forwarded-For": f"{ip}, 10.0.0.1"})).json()["id"]
+                for i in range(5)
+            }
+            assert len(ids) == 1
+
+
+async def test_streamed_response_counts_in_flight_until_closed(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([backends[0].url]) as client:
+        host = client.pool.hosts[0]
+        request = client.build_request("GET", "/stream?chunks=3")
+        if flavor.is_async:
+            response = await client.send(request, stream=True)
+            assert host.outstanding == 1
+            lines = [line async for line in response.aiter_lines()]
+            await response.aclose()
+        else:
+            response = client.send(request, stream=True)
+            assert host.outstanding == 1
+            lines = list(response.iter_lines())
+            response.close()
+        assert lines == ["a 0", "a 1", "a 2"]
+        assert host.outstanding == 0
+        assert host.requests == 1
+
+
+async def test_dead_host_raises_httpx_error_and_counts_a_failure(flavor: Flavor, backends: list[Backend]) -> None:
+    a = backends[0]
+    a.kill()
+    async with flavor.client([a.url]) as client:
+        with pytest.raises(httpx.ConnectError):
+            await flavor.get(client, "/x")
+        host = client.pool.hosts[0]
+        assert (host.failures, host.requests, host.outstanding) == (1, 1, 0)
+
+
+async def test_server_errors_count_as_failures(flavor: Flavor, backends: list[Backend]) -> None:
+    a = backends[0]
+    a.status = 503
+    async with flavor.client([a.url]) as client:
+        response = await flavor.get(client, "/x")
+        assert response.status_code == 503
+        assert client.pool.hosts[0].failures == 1
+
+
+async def test_no_available_host_is_a_transport_error(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([b.url for b in backends], panic_threshold=0.0) as client:
+        for host in client.pool.hosts:
+            host.ejected = True
+        client.pool.refresh()
+        with pytest.raises(NoAvailableHostError) as caught:
+            await flavor.get(client, "/x")
+        assert isinstance(caught.value, httpx.TransportError)
+    assert sum(b.count() for b in backends) == 0
+
+
+async def test_ejected_and_drained_hosts_are_skipped(flavor: Flavor, backends: list[Backend]) -> None:
+    a, b, c = backends
+    async with flavor.client([a.url, b.url, Host(c.url, weight=0)]) as client:
+        client.pool.hosts[0].ejected = True
+        client.pool.refresh()
+        ids = {(await flavor.get(client, "/x")).json()["id"] for _ in range(6)}
+    assert ids == {"b"}
+    assert c.count() == 0
+
+
+async def test_pool_update_keeps_state_of_hosts_that_stay(flavor: Flavor, make_backends: object) -> None:
+    a, b, c = make_backends(3)  # type: ignore[operator]
+    async with flavor.client([a.url, b.url]) as client:
+        for _ in range(4):
+            await flavor.get(client, "/x")
+        before = client.pool.hosts[1]
+        client.pool.update([b.url, c.url])
+        after = client.pool.hosts
+        assert [h.url for h in after] == [b.url, c.url]
+        assert after[0] is before
+        assert after[0].requests == 2
+        ids = [(await flavor.get(client, "/x")).json()["id"] for _ in range(4)]
+    assert set(ids) == {"b", "c"}
+    assert a.count() == 2
+
+
+async def test_httpx_keywords_work_unchanged(flavor: Flavor, backends: list[Backend]) -> None:
+    seen: list[str] = []
+
+    def on_request(request: httpx.Request) -> None:
+        seen.append(request.method)
+
+    async def on_request_async(request: httpx.Request) -> None:
+        on_request(request)
+
+    hook = on_request_async if flavor.is_async else on_request
+    async with flavor.client(
+        [backends[0].url],
+        auth=("user", "secret"),
+        timeout=5.0,
+        follow_redirects=True,
+        event_hooks={"request": [hook]},
+    ) as client:
+        response = await flavor.get(client, "/redirect?to=/landed")
+    body = response.json()
+    assert body["path"] == "/landed"
+    assert body["headers"]["Authorization"].startswith("Basic ")
+    assert seen == ["GET", "GET"]
+    assert len(response.history) == 1
+
+
+async def test_base_url_names_the_service_and_a_path(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([backends[0].url], base_url="http://users/api/") as client:
+        body = (await flavor.get(client, "items")).json()
+        assert body["path"] == "/api/items"
+        assert client.base_url.host == "users"
+
+
+async def test_mounted_transport_on_a_plain_client(mode: str, backends: list[Backend]) -> None:
+    a, b, outsider = backends
+    if mode == "sync":
+        with httpx.Client(
+            mounts={"all://users": lbclient.LoadBalancingTransport([a.url, b.url], service="users")}
+        ) as c:
+            ids = [c.get("http://users/x").json()["id"] for _ in range(4)]
+            direct = c.get(f"{outsider.url}/y").json()["id"]
+    else:
+        transport = lbclient.AsyncLoadBalancingTransport([a.url, b.url], service="users")
+        async with httpx.AsyncClient(mounts={"all://users": transport}) as ac:
+            ids = [(await ac.get("http://users/x")).json()["id"] for _ in range(4)]
+            direct = (await ac.get(f"{outsider.url}/y")).json()["id"]
+    assert ids == ["a", "b", "a", "b"]
+    assert direct == "c"
+
+
+async def test_transport_passes_other_hosts_through(mode: str, backends: list[Backend]) -> None:
+    a, outsider = backends[0], backends[2]
+    if mode == "sync":
+        with httpx.Client(transport=lbclient.LoadBalancingTransport([a.url], service="svc")) as c:
+            body = c.get(f"{outsider.url}/through").json()
+    else:
+        async with httpx.AsyncClient(transport=lbclient.AsyncLoadBalancingTransport([a.url], service="svc")) as ac:
+            body = (await ac.get(f"{outsider.url}/through")).json()
+    assert body["id"] == "c"
+    assert a.count() == 0
+
+
+async def test_response_body_is_intact(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([backends[0].url]) as client:
+        response = await flavor.request(client, "POST", "/echo", json={"k": "v" * 10_000})
+    assert json.loads(response.json()["body"]) == {"k": "v" * 10_000}

@@ -1,0 +1,54 @@
+"""Bad input fails when the client is built, with a ValueError that names the value."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from lbclient import AsyncLBClient, AsyncLoadBalancingTransport, LBClient, LoadBalancingTransport
+
+BUILDERS = [LBClient, AsyncLBClient, LoadBalancingTransport, AsyncLoadBalancingTransport]
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+@pytest.mark.parametrize(
+    ("hosts", "kwargs", "named"),
+    [
+        ([], {}, "[]"),
+        (["ftp://a:21"], {}, "ftp://a:21"),
+        ([{"url": "a:1", "weight": -1}], {}, "-1"),
+        ([{"url": "a:1", "weight": "heavy"}], {}, "heavy"),
+        ([{"url": "a:1", "weight": 0}, {"url": "b:1", "weight": 0}], {}, "http://a:1"),
+        (["a:1", "http://a:1/"], {}, "http://a:1"),
+        (["a:1"], {"strategy": "fastest"}, "fastest"),
+        (["a:1"], {"panic_threshold": -0.5}, "-0.5"),
+        (["a:1"], {"panic_threshold": 2}, "2"),
+        ("a:1", {}, "a:1"),
+    ],
+)
+def test_bad_input_is_refused_with_the_value_named(build: Any, hosts: Any, kwargs: Any, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        build(hosts, **kwargs)
+
+
+def test_unknown_strategy_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="round_robin") as caught:
+        LBClient(["a:1"], strategy="nope")
+    assert "consistent_hash" in str(caught.value)
+
+
+def test_base_url_and_service_must_agree() -> None:
+    with pytest.raises(ValueError, match="users"):
+        LBClient(["a:1"], base_url="http://users", service="orders")
+    with pytest.raises(ValueError, match="http://users:8080"):
+        LBClient(["a:1"], base_url="http://users:8080")
+
+
+def test_client_keywords_reach_the_default_inner_transport() -> None:
+    with LBClient(["a:1"], http2=False, limits=httpx.Limits(max_connections=7), verify=False) as client:
+        inner = client._balancer._inner  # the transport the balancer sends through
+        assert isinstance(inner, httpx.HTTPTransport)
+        assert inner._pool._max_connections == 7
