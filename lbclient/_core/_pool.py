@@ -91,6 +91,7 @@ class Pool:
         self._clock = clock
         self._lock: AbstractContextManager[object] = lock if lock is not None else contextlib.nullcontext()
         self._panic = False
+        self._signature: tuple[object, ...] = ()
         self._rebuild()
 
     @property
@@ -145,7 +146,11 @@ class Pool:
             state.selectable = False
         for state in candidates:
             state.selectable = True
-        self._strategy.update(PoolView(candidates, members, self._panic, self._decay))
+        # Only a real change reaches the strategy, so a no-op refresh keeps its rotation.
+        signature = (candidates, members, self._panic, tuple(s.weight for s in members))
+        if signature != self._signature:
+            self._signature = signature
+            self._strategy.update(PoolView(candidates, members, self._panic, self._decay))
 
     def acquire(self, key: str | None = None) -> Lease | None:
         """Pick a host and count the request against it; ``None`` when no host can take it."""

@@ -253,17 +253,22 @@ class _LeastLoaded(Strategy):
     """Least of ``load(host)`` over the candidates, kept in a heap with lazy invalidation.
 
     Each load change pushes a fresh entry stamped with a sequence number; entries whose stamp is no
-    longer the host's are dropped when they reach the top. Equal loads go to the host whose load changed
-    least recently, which makes idle hosts take turns (round robin among ties, as nginx's least_conn).
+    longer the host's are dropped when they reach the top. Equal loads are broken by a virtual time per
+    host that advances by ``1 / weight`` at each pick (stride scheduling, Waldspurger and Weihl 1995):
+    idle hosts then share requests in proportion to their weights, or take plain turns when
+    ``weighted_ties`` is off. Virtual times survive updates; a host that joins starts at the lowest
+    virtual time of the others, so it is neither flooded nor starved.
     """
 
     tracks_load = True
+    weighted_ties: ClassVar[bool] = True
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
         super().__init__(rng=rng)
         self._index: dict[HostState, int] = {}
+        self._passes: dict[HostState, float] = {}
         self._stamps: list[int] = []
-        self._heap: list[tuple[float, int, int]] = []
+        self._heap: list[tuple[float, float, int, int]] = []
         self._seq = 0
 
     @abstractmethod
@@ -272,14 +277,17 @@ class _LeastLoaded(Strategy):
 
     def update(self, view: PoolView) -> None:
         super().update(view)
-        self._index = {host: i for i, host in enumerate(view.candidates)}
-        self._stamps = list(range(len(view.candidates)))
-        self._seq = len(view.candidates)
+        candidates = view.candidates
+        previous = self._passes
+        floor = min((previous[h] for h in candidates if h in previous), default=0.0)
+        self._passes = {host: previous.get(host, floor) for host in candidates}
+        self._index = {host: i for i, host in enumerate(candidates)}
+        self._stamps = [0] * len(candidates)
         self._rebuild()
 
     def _rebuild(self) -> None:
-        candidates = self._view.candidates
-        self._heap = [(self.load(h), self._stamps[i], i) for i, h in enumerate(candidates)]
+        passes, stamps = self._passes, self._stamps
+        self._heap = [(self.load(h), passes[h], stamps[i], i) for i, h in enumerate(self._view.candidates)]
         heapq.heapify(self._heap)
 
     def on_load_change(self, host: HostState) -> None:
@@ -288,7 +296,7 @@ class _LeastLoaded(Strategy):
             return
         self._seq += 1
         self._stamps[index] = self._seq
-        heapq.heappush(self._heap, (self.load(host), self._seq, index))
+        heapq.heappush(self._heap, (self.load(host), self._passes[host], self._seq, index))
         if len(self._heap) > 4 * len(self._stamps) + 64:
             self._rebuild()
 
@@ -296,9 +304,11 @@ class _LeastLoaded(Strategy):
         heap = self._heap
         stamps = self._stamps
         while heap:
-            _, stamp, index = heap[0]
+            _, virtual_time, stamp, index = heap[0]
             if stamps[index] == stamp:
-                return self._view.candidates[index]
+                host = self._view.candidates[index]
+                self._passes[host] = virtual_time + (1.0 / host.weight if self.weighted_ties else 1.0)
+                return host
             heapq.heappop(heap)
         return None
 
@@ -307,6 +317,7 @@ class LeastConnections(_LeastLoaded):
     """The candidate with the fewest requests in flight from this client; weights are ignored."""
 
     name = "least_connections"
+    weighted_ties = False
 
     def load(self, host: HostState) -> float:
         return host.outstanding
@@ -323,9 +334,9 @@ class WeightedLeastConnections(_LeastLoaded):
 
 def _latency_cost(latency: float | None, host: HostState) -> float:
     """Expected wait on ``host``: its latency times the requests it would be serving, per weight."""
-    if latency is None or latency <= 0.0:
+    if latency is None:
         return _UNPROBED_PENALTY + host.outstanding if host.outstanding else 0.0
-    return latency * (host.outstanding + 1) / host.weight
+    return max(latency, 1e-9) * (host.outstanding + 1) / host.weight
 
 
 class LeastResponseTime(_LeastLoaded):
@@ -344,22 +355,43 @@ class LeastResponseTime(_LeastLoaded):
 class _TwoChoices(Strategy):
     """Two distinct random candidates, keep the one with the lower ``cost`` (Mitzenmacher, "The Power
     of Two Choices in Randomized Load Balancing", 2001): exponentially better balance than one random
-    choice, O(1), and no herding when many clients each see only their own load."""
+    choice, O(1), and no herding when many clients each see only their own load. The two are drawn in
+    proportion to weight and the first wins ties, so idle hosts get weighted shares."""
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        super().__init__(rng=rng)
+        self._cumulative: list[float] | None = None
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        weights = [h.weight for h in view.candidates]
+        uniform = all(w == weights[0] for w in weights)
+        self._cumulative = None if uniform else list(accumulate(weights))
 
     @abstractmethod
     def cost(self, host: HostState, now: float) -> float:
         """The quantity compared between the two choices."""
+
+    def _draw(self, count: int) -> int:
+        point = self._random().random()
+        cumulative = self._cumulative
+        if cumulative is None:
+            return int(point * count)
+        return min(bisect_right(cumulative, point * cumulative[-1]), count - 1)
 
     def pick(self, key: str | None, now: float) -> HostState | None:
         candidates = self._view.candidates
         count = len(candidates)
         if count <= 1:
             return candidates[0] if candidates else None
-        rnd = self._random().random
-        first = int(rnd() * count)
-        second = int(rnd() * (count - 1))
-        if second >= first:
-            second += 1
+        first = self._draw(count)
+        second = first
+        for _ in range(4):  # a heavy host may be drawn twice; then its neighbour is the rival
+            second = self._draw(count)
+            if second != first:
+                break
+        else:
+            second = (first + 1) % count
         a, b = candidates[first], candidates[second]
         return b if self.cost(b, now) < self.cost(a, now) else a
 
