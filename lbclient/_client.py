@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 
 from . import _urls
-from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Pool, Strategy
+from ._core import DEFAULT_PANIC_THRESHOLD, HealthCheck, HostLike, OutlierDetection, Pool, RetryPolicy, Strategy
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
 __all__ = ["AsyncLBClient", "LBClient"]
 
 # The httpx client keywords that configure its default transport; the balancer's default inner
 # transport is built from the same ones, exactly as httpx would build it.
-_TRANSPORT_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+_TRANSPORT_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
 
 
 def _service_and_base_url(service: str | None, base_url: httpx.URL | str | None) -> tuple[str, str]:
@@ -28,7 +28,7 @@ def _service_and_base_url(service: str | None, base_url: httpx.URL | str | None)
     (``base_url="http://users/api"`` is service ``users`` with ``/api`` in front of every path); one
     without a host is only a path under the service."""
     if base_url is None:
-        name = service or DEFAULT_SERVICE
+        name = DEFAULT_SERVICE if service is None else service
         return name, f"http://{name}"
     url = httpx.URL(base_url)
     if url.host:
@@ -39,7 +39,7 @@ def _service_and_base_url(service: str | None, base_url: httpx.URL | str | None)
                 f"base_url {str(base_url)!r} must be http://SERVICE[/path]: the hosts give scheme and port"
             )
         return url.host, str(url)
-    name = service or DEFAULT_SERVICE
+    name = DEFAULT_SERVICE if service is None else service
     return name, f"http://{name}{url.raw_path.decode('ascii')}"
 
 
@@ -68,6 +68,9 @@ class _PoolClient:
         merged = httpx.URL(url)
         if not merged.is_relative_url:
             return merged
+        if b"/." in merged.raw_path or merged.raw_path.startswith(b"."):
+            normalised: httpx.URL = super()._merge_url(url)  # type: ignore[misc]  # httpx removes dot segments
+            return normalised
         raw = (self.base_url.raw_path + merged.raw_path.lstrip(b"/")).decode("ascii")
         path, sep, query = raw.partition("?")
         return _urls.replace(self.base_url, path=path, query=query if sep else None)
@@ -78,7 +81,9 @@ class LBClient(_PoolClient, httpx.Client):
 
     Takes every ``httpx.Client`` keyword; ``transport=`` is the inner transport that the balancer sends
     through (by default an ``httpx.HTTPTransport`` built from ``verify``, ``cert``, ``http1``, ``http2``,
-    ``limits`` and ``trust_env``, as httpx builds its own). ``client.pool`` is the live host set.
+    ``limits``, ``proxy`` and ``trust_env``, as httpx builds its own). The balancing keywords are those of
+    :class:`LoadBalancingTransport`. ``client.pool`` is the live host set. Active health checks run on a
+    background thread from construction until ``close()``.
     """
 
     def __init__(
@@ -86,38 +91,67 @@ class LBClient(_PoolClient, httpx.Client):
         hosts: Iterable[HostLike],
         *,
         strategy: str | Strategy = "round_robin",
+        retries: int | RetryPolicy | None = 3,
+        outlier_detection: OutlierDetection | bool | None = True,
+        health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start: float = 0.0,
         service: str | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
         inner = kwargs.pop("transport", None) or httpx.HTTPTransport(**inner_kwargs)
         balancer = LoadBalancingTransport(
-            hosts, strategy=strategy, panic_threshold=panic_threshold, transport=inner, service=name
+            hosts,
+            strategy=strategy,
+            retries=retries,
+            outlier_detection=outlier_detection,
+            health_check=health_check,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+            transport=inner,
+            service=name,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
         # requests; also the default transport, so other absolute URLs go through the inner one.
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
-        super().__init__(transport=balancer, mounts=mounts, **kwargs)
+        try:
+            super().__init__(transport=balancer, mounts=mounts, **kwargs)
+        except BaseException:
+            balancer.close()  # stop the health-check thread it may have started
+            raise
         self._balancer = balancer
 
 
 class AsyncLBClient(_PoolClient, httpx.AsyncClient):
-    """The async twin of :class:`LBClient`, on asyncio or trio."""
+    """The async twin of :class:`LBClient`, on asyncio or trio. Active health checks run as an anyio task
+    inside ``async with client:``."""
 
     def __init__(
         self,
         hosts: Iterable[HostLike],
         *,
         strategy: str | Strategy = "round_robin",
+        retries: int | RetryPolicy | None = 3,
+        outlier_detection: OutlierDetection | bool | None = True,
+        health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start: float = 0.0,
         service: str | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
         inner = kwargs.pop("transport", None) or httpx.AsyncHTTPTransport(**inner_kwargs)
         balancer = AsyncLoadBalancingTransport(
-            hosts, strategy=strategy, panic_threshold=panic_threshold, transport=inner, service=name
+            hosts,
+            strategy=strategy,
+            retries=retries,
+            outlier_detection=outlier_detection,
+            health_check=health_check,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+            transport=inner,
+            service=name,
         )
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
         super().__init__(transport=balancer, mounts=mounts, **kwargs)

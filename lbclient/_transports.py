@@ -1,138 +1,30 @@
 """The balancing transports: the only place where sync and async differ.
 
-``_Balancer`` holds everything that is not I/O (which requests belong to the pool, the key for hash
-strategies, rewriting the request for the picked host, labelling the response); the two transports are
-thin shells that call the inner transport and release the host's lease when the response is closed, so
-in-flight counts and latency cover the whole body, streamed or not.
+Everything that is not I/O lives in ``_balancer`` (routing, retry decisions, labels); these shells
+call the inner transport, run the retry loop with tenacity, close responses they retry past, and
+release each host's lease when its response body is closed, so in-flight counts and latency cover
+the whole body, streamed or not.
 """
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-import typing
 from collections.abc import AsyncIterator, Iterable, Iterator
 
+import anyio
 import httpx
+import tenacity
 
-from . import _urls
-from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, HostState, Lease, Pool, Strategy
-from ._exceptions import NoAvailableHostError
+from ._balancer import _Balancer, _Exchange
+from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
+from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._health import AsyncHealthChecker, ThreadedHealthChecker
 
 __all__ = ["DEFAULT_SERVICE", "AsyncLoadBalancingTransport", "LoadBalancingTransport"]
 
 #: The host name that marks pool requests when none is given: ``.invalid`` never resolves (RFC 6761),
 #: so a request that somehow escaped the balancer fails fast instead of reaching a real host.
 DEFAULT_SERVICE = "lbclient.invalid"
-
-
-class _Target:
-    """A host's URL parts, prepared once, and the rewrite of a pool request URL onto them."""
-
-    __slots__ = ("scheme", "host", "port", "prefix", "netloc", "url")
-
-    def __init__(self, base_url: str) -> None:
-        url = httpx.URL(base_url)
-        self.url = base_url
-        self.scheme = url.scheme
-        self.host = url.raw_host.decode("ascii")
-        self.port = url.port
-        self.prefix = url.raw_path.decode("ascii").rstrip("/")
-        self.netloc = url.netloc.decode("ascii")
-
-    def rewrite(self, url: httpx.URL) -> httpx.URL:
-        """``url`` sent to this host: its scheme, host and port, and its prefix before the path."""
-        path = self.prefix + url.raw_path.decode("ascii").split("?", 1)[0]
-        return _urls.replace(url, scheme=self.scheme, userinfo="", host=self.host, port=self.port, path=path)
-
-
-def _client_ip(request: httpx.Request) -> str | None:
-    forwarded: str | None = request.headers.get("x-forwarded-for")
-    if forwarded:
-        first = forwarded.split(",", 1)[0].strip()
-        if first:
-            return first
-    real_ip: str | None = request.headers.get("x-real-ip")
-    return real_ip or None
-
-
-def _check_service(service: object) -> str:
-    if not isinstance(service, str) or not service or "/" in service or ":" in service:
-        raise ValueError(f"service must be a host name such as 'users', got {service!r}")
-    return service.lower()
-
-
-class _Balancer:
-    """Routing shared by both transports: no I/O here."""
-
-    __slots__ = ("pool", "service", "_key_source", "_targets")
-
-    def __init__(
-        self,
-        hosts: Iterable[HostLike],
-        strategy: str | Strategy,
-        panic_threshold: float,
-        service: str,
-    ) -> None:
-        self.service = _check_service(service)
-        self.pool = Pool(
-            hosts,
-            strategy,
-            clock=time.monotonic,
-            rng=random.Random(),
-            lock=threading.Lock(),
-            panic_threshold=panic_threshold,
-        )
-        self._key_source = self.pool.strategy.key_source
-        self._targets: dict[str, _Target] = {}
-
-    def owns(self, request: httpx.Request) -> bool:
-        """A pool request names the service as its host; anything else passes through."""
-        return request.url.host == self.service
-
-    def _key(self, request: httpx.Request) -> str | None:
-        key: object = request.extensions.get("lb_key")
-        if key is not None:
-            return key.decode() if isinstance(key, bytes) else str(key)
-        if self._key_source == "client_ip":
-            return _client_ip(request)
-        if self._key_source == "path":
-            return request.url.path
-        return None
-
-    def _target(self, host: HostState) -> _Target:
-        target = self._targets.get(host.url)
-        if target is None:
-            if len(self._targets) > 2 * len(self.pool.hosts) + 16:
-                self._targets.clear()  # forget hosts that left the pool
-            target = self._targets[host.url] = _Target(host.url)
-        return target
-
-    def start(self, request: httpx.Request) -> Lease:
-        """Pick a host, count the request against it, and point the request at it."""
-        lease = self.pool.acquire(self._key(request))
-        if lease is None:
-            raise NoAvailableHostError(
-                f"no host of {self.service!r} can take the request: {self.pool!r}", request=request
-            )
-        target = self._target(lease.host)
-        request.url = target.rewrite(request.url)
-        request.headers["Host"] = target.netloc
-        return lease
-
-    @staticmethod
-    def label(response: httpx.Response, lease: Lease) -> bool | None:
-        """Name the host on the response. Returns whether the response counts as a host failure (5xx),
-        or ``None`` when the response is already closed (a body built in memory, as mock transports
-        return): then the lease ends here, as there will be no close to wait for."""
-        response.extensions["lb_host"] = lease.host.url
-        response.extensions["lb_attempts"] = 1
-        failed = response.status_code >= 500
-        if response.is_closed:
-            lease.release(failed=failed)
-            return None
-        return failed
 
 
 class _LeasedStream(httpx.SyncByteStream):
@@ -191,6 +83,10 @@ class LoadBalancingTransport(httpx.BaseTransport):
     service="users")})``; then ``client.get("http://users/api")`` goes to one of the hosts. Requests for
     any other host pass straight to ``transport`` (the inner transport, ``httpx.HTTPTransport()`` by
     default), which also carries the balanced requests and is closed with this transport.
+
+    ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
+    default), ``health_check`` (off by default; active checks run on a background thread),
+    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README.
     """
 
     def __init__(
@@ -198,13 +94,28 @@ class LoadBalancingTransport(httpx.BaseTransport):
         hosts: Iterable[HostLike],
         *,
         strategy: str | Strategy = "round_robin",
+        retries: int | RetryPolicy | None = 3,
+        outlier_detection: OutlierDetection | bool | None = True,
+        health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start: float = 0.0,
         transport: httpx.BaseTransport | None = None,
         service: str = DEFAULT_SERVICE,
     ) -> None:
-        self._balancer = _Balancer(hosts, strategy, panic_threshold, service)
+        self._balancer = _Balancer(
+            hosts,
+            strategy=strategy,
+            retries=retries,
+            outlier_detection=outlier_detection,
+            health_check=health_check,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+            service=service,
+        )
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self._closed = False
+        config = self._balancer.health_check
+        self._checker = None if config is None else ThreadedHealthChecker(self._balancer.pool, config, self.service)
 
     @property
     def pool(self) -> Pool:
@@ -219,20 +130,54 @@ class LoadBalancingTransport(httpx.BaseTransport):
         balancer = self._balancer
         if not balancer.owns(request):
             return self._inner.handle_request(request)
-        lease = balancer.start(request)
+        exchange = balancer.exchange(request)
         try:
-            response = self._inner.handle_request(request)
+            try:
+                response = self._attempt(exchange)
+            except Exception as exc:
+                if not exchange.should_retry(exc):
+                    raise
+                exchange.seed(exc)
+            else:
+                if not exchange.should_retry(response):
+                    return response
+                exchange.seed(response)
+            retrying = tenacity.Retrying(**exchange.retrying_options(time.sleep))
+            result: httpx.Response = retrying(self._replay_or_attempt, exchange)
+            return result
+        except httpx.HTTPError as exc:
+            return exchange.give_up(exc)
         except BaseException:
-            lease.release(failed=True)
+            if exchange.previous is not None:
+                exchange.previous.close()
             raise
-        failed = balancer.label(response, lease)
-        if failed is not None:
-            response.stream = _LeasedStream(typing.cast(httpx.SyncByteStream, response.stream), lease, failed)
+        finally:
+            exchange.restore()
+
+    def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
+        seed = exchange.take_seed()
+        return seed if seed is not None else self._attempt(exchange)
+
+    def _attempt(self, exchange: _Exchange) -> httpx.Response:
+        lease = exchange.begin()
+        if lease is None:
+            assert exchange.previous is not None
+            return exchange.previous
+        try:
+            response = self._inner.handle_request(exchange.request)
+        except BaseException as exc:
+            exchange.failed(lease, exc)
+            raise
+        stale = exchange.responded(lease, response, _LeasedStream)
+        if stale is not None:
+            stale.close()
         return response
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._checker is not None:
+                self._checker.stop()
             self._inner.close()
 
     def __repr__(self) -> str:
@@ -240,20 +185,36 @@ class LoadBalancingTransport(httpx.BaseTransport):
 
 
 class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
-    """The async twin of :class:`LoadBalancingTransport` (asyncio and trio)."""
+    """The async twin of :class:`LoadBalancingTransport`, on asyncio or trio. Active health checks run as
+    an anyio task while the transport (or the client holding it) is open as an async context manager."""
 
     def __init__(
         self,
         hosts: Iterable[HostLike],
         *,
         strategy: str | Strategy = "round_robin",
+        retries: int | RetryPolicy | None = 3,
+        outlier_detection: OutlierDetection | bool | None = True,
+        health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
         service: str = DEFAULT_SERVICE,
     ) -> None:
-        self._balancer = _Balancer(hosts, strategy, panic_threshold, service)
+        self._balancer = _Balancer(
+            hosts,
+            strategy=strategy,
+            retries=retries,
+            outlier_detection=outlier_detection,
+            health_check=health_check,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+            service=service,
+        )
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._closed = False
+        config = self._balancer.health_check
+        self._checker = None if config is None else AsyncHealthChecker(self._balancer.pool, config, self.service)
 
     @property
     def pool(self) -> Pool:
@@ -268,20 +229,59 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         balancer = self._balancer
         if not balancer.owns(request):
             return await self._inner.handle_async_request(request)
-        lease = balancer.start(request)
+        exchange = balancer.exchange(request)
         try:
-            response = await self._inner.handle_async_request(request)
+            try:
+                response = await self._attempt(exchange)
+            except Exception as exc:
+                if not exchange.should_retry(exc):
+                    raise
+                exchange.seed(exc)
+            else:
+                if not exchange.should_retry(response):
+                    return response
+                exchange.seed(response)
+            retrying = tenacity.AsyncRetrying(**exchange.retrying_options(anyio.sleep))
+            result: httpx.Response = await retrying(self._replay_or_attempt, exchange)
+            return result
+        except httpx.HTTPError as exc:
+            return exchange.give_up(exc)
         except BaseException:
-            lease.release(failed=True)
+            if exchange.previous is not None:
+                await exchange.previous.aclose()
             raise
-        failed = balancer.label(response, lease)
-        if failed is not None:
-            response.stream = _AsyncLeasedStream(typing.cast(httpx.AsyncByteStream, response.stream), lease, failed)
+        finally:
+            exchange.restore()
+
+    async def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
+        seed = exchange.take_seed()
+        return seed if seed is not None else await self._attempt(exchange)
+
+    async def _attempt(self, exchange: _Exchange) -> httpx.Response:
+        lease = exchange.begin()
+        if lease is None:
+            assert exchange.previous is not None
+            return exchange.previous
+        try:
+            response = await self._inner.handle_async_request(exchange.request)
+        except BaseException as exc:
+            exchange.failed(lease, exc)
+            raise
+        stale = exchange.responded(lease, response, _AsyncLeasedStream)
+        if stale is not None:
+            await stale.aclose()
         return response
+
+    async def __aenter__(self) -> AsyncLoadBalancingTransport:
+        if self._checker is not None:
+            await self._checker.start()
+        return self
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._checker is not None:
+                await self._checker.stop()
             await self._inner.aclose()
 
     def __repr__(self) -> str:

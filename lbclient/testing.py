@@ -9,7 +9,7 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
         a.kill()                 # connections refused, open connections reset
 
 Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
-body of N lines) and ``/redirect?to=PATH`` (302).
+body of N lines), ``/redirect?to=PATH`` (302) and ``/set-cookie?name=N&value=V``.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/stream":
             self._stream(parse_qs(url.query))
             return
+        if url.path == "/set-cookie":
+            query = parse_qs(url.query)
+            self.send_response(200)
+            self.send_header("Set-Cookie", f"{query['name'][0]}={query['value'][0]}; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if url.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", parse_qs(url.query).get("to", ["/"])[0])
@@ -98,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Backend-Id", self.server.backend.name)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _stream(self, query: dict[str, list[str]]) -> None:
         chunks = int(query.get("chunks", ["3"])[0])

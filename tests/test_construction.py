@@ -52,3 +52,32 @@ def test_client_keywords_reach_the_default_inner_transport() -> None:
         inner = client._balancer._inner  # the transport the balancer sends through
         assert isinstance(inner, httpx.HTTPTransport)
         assert inner._pool._max_connections == 7
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [("http://a b:80", "a b"), ("http://ü_ü:80", "ü_ü"), ("http://a/\x7f", "http://a/"), ("http://[::zz]:80", "::zz")],
+)
+def test_host_urls_httpx_cannot_send_to_are_refused(bad: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        LBClient([bad])
+
+
+@pytest.mark.parametrize("service", ["", "bad name", "a/b", " users"])
+def test_service_must_be_a_host_name(service: str) -> None:
+    with pytest.raises(ValueError, match="service must be a host name"):
+        LBClient(["a:1"], service=service)
+
+
+def test_weights_may_be_any_real_number() -> None:
+    from fractions import Fraction
+
+    with LBClient([{"url": "a:1", "weight": Fraction(1, 3)}]) as client:
+        assert client.pool.hosts[0].weight == pytest.approx(1 / 3)
+
+
+def test_proxy_keyword_reaches_the_inner_transport() -> None:
+    with LBClient(["a:1"], proxy="http://127.0.0.1:9") as client:
+        inner = client._balancer._inner
+        assert isinstance(inner, httpx.HTTPTransport)
+        assert type(inner._pool).__name__ == "HTTPProxy"

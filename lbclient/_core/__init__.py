@@ -5,9 +5,10 @@ time, randomness and locking come in as arguments, so the same code runs in the 
 a simulator on a fake clock.
 """
 
+from ._config import HealthCheck, OutlierDetection, RetryPolicy
 from ._hashing import hash64
 from ._host import Host, HostLike, HostState
-from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, Lease, Pool
+from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, Lease, Pool, PoolEvent
 from ._strategies import (
     STRATEGIES,
     ConsistentHash,
@@ -33,6 +34,8 @@ __all__ = [
     "DEFAULT_PANIC_THRESHOLD",
     "STRATEGIES",
     "ConsistentHash",
+    "EventKind",
+    "HealthCheck",
     "Host",
     "HostLike",
     "HostState",
@@ -41,11 +44,14 @@ __all__ = [
     "Lease",
     "LeastConnections",
     "LeastResponseTime",
+    "OutlierDetection",
     "PeakEwma",
     "Pool",
+    "PoolEvent",
     "PoolView",
     "PowerOfTwoChoices",
     "RandomChoice",
+    "RetryPolicy",
     "RoundRobin",
     "Strategy",
     "UrlHash",

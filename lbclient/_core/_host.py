@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import numbers
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,12 +14,15 @@ from urllib.parse import urlsplit
 __all__ = ["Host", "HostLike", "HostState", "parse_hosts"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9_.-]*[a-z0-9])?")
 
 
 def _normalize_url(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(f"host URL must be a non-empty string, got {raw!r}")
     text = raw.strip()
+    if any(ord(char) < 33 or ord(char) == 127 for char in text):
+        raise ValueError(f"host URL {raw!r} contains whitespace or control characters")
     candidate = text if "://" in text else f"http://{text}"
     try:
         parts = urlsplit(candidate)
@@ -33,6 +39,7 @@ def _normalize_url(raw: object) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"host URL {raw!r} must not have a query or fragment")
     hostname = parts.hostname.lower()
+    _check_hostname(hostname, raw)
     netloc = f"[{hostname}]" if ":" in hostname else hostname
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
@@ -40,11 +47,26 @@ def _normalize_url(raw: object) -> str:
 
 
 def _validate_weight(weight: object, url: str) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ValueError(f"weight of host {url!r} must be a number, got {weight!r}")
-    if not math.isfinite(weight) or weight < 0:
+    if not math.isfinite(float(weight)) or weight < 0:
         raise ValueError(f"weight of host {url!r} must be a finite number >= 0, got {weight!r}")
     return float(weight)
+
+
+def _check_hostname(hostname: str, raw: object) -> None:
+    if ":" in hostname:
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            raise ValueError(f"host URL {raw!r} has an invalid IPv6 address {hostname!r}") from None
+        return
+    try:
+        ascii_name = hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"host URL {raw!r} has an invalid host name {hostname!r}") from None
+    if not _HOSTNAME.fullmatch(ascii_name):
+        raise ValueError(f"host URL {raw!r} has an invalid host name {hostname!r}")
 
 
 @dataclass(frozen=True)
@@ -117,12 +139,16 @@ class HostState:
     Read it through ``pool.hosts``; the pool mutates it under its lock. ``ewma_latency`` is a
     time-decayed moving average of response latency in seconds (``None`` until the first response);
     ``peak_ewma`` is the same average but jumps up to any slower sample at once (Finagle's peak EWMA).
+    ``effective_weight`` is ``weight`` scaled down while the host ramps up after joining or returning
+    (slow start); weighted strategies use it. ``ejected_until`` is the monotonic time at which an
+    ejected host returns; ``ejections`` counts its recent ejections (the back-off multiplier).
     """
 
     __slots__ = (
         "host",
         "url",
         "weight",
+        "effective_weight",
         "healthy",
         "ejected",
         "outstanding",
@@ -131,6 +157,13 @@ class HostState:
         "ewma_latency",
         "peak_ewma",
         "last_sample_at",
+        "consecutive_failures",
+        "ejections",
+        "ejected_until",
+        "returned_at",
+        "checks_passed",
+        "checks_failed",
+        "ramp_started_at",
         "selectable",
     )
 
@@ -138,6 +171,7 @@ class HostState:
         self.host = host
         self.url = host.url
         self.weight = host.weight
+        self.effective_weight = host.weight
         self.healthy = True
         self.ejected = False
         self.outstanding = 0
@@ -146,6 +180,13 @@ class HostState:
         self.ewma_latency: float | None = None
         self.peak_ewma: float | None = None
         self.last_sample_at = 0.0
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until: float | None = None
+        self.returned_at: float | None = None
+        self.checks_passed = 0
+        self.checks_failed = 0
+        self.ramp_started_at: float | None = None
         #: True while the current picker may choose this host (maintained by the pool).
         self.selectable = False
 

@@ -1,26 +1,56 @@
-"""The pool: the host set, its live state, the health filter in front of the strategy, and leases.
+"""The pool: the host set, its live state, health in front of the strategy, and leases.
+
+Four separate concerns, as in gRPC's and Finagle's balancers: the host set (``update`` keeps the state
+of hosts that stay), the load metrics (in-flight counts and latency, recorded by leases), health
+(passive outlier ejection and active check results, a filter in front of the strategy, with panic when
+too few hosts are left) and the pick itself (the strategy).
 
 The pool is pure: it takes its clock, random generator and lock as arguments, so the clients pass
 ``time.monotonic``, ``random.Random()`` and a ``threading.Lock`` while tests and simulators pass a
-fake clock, a seeded generator and no lock.
+fake clock, a seeded generator and no lock. It does no logging either: it reports :class:`PoolEvent`
+objects to a listener, outside its lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal
 
+from cachetools import TLRUCache
+
+from ._config import HealthCheck, OutlierDetection
 from ._host import HostLike, HostState, parse_hosts
 from ._strategies import PoolView, Strategy, make_strategy
 
-__all__ = ["DEFAULT_EWMA_DECAY", "DEFAULT_PANIC_THRESHOLD", "Lease", "Pool"]
+__all__ = ["DEFAULT_EWMA_DECAY", "DEFAULT_PANIC_THRESHOLD", "EventKind", "Lease", "Pool", "PoolEvent"]
 
 #: Below this share of available hosts the pool spreads requests over every host (Envoy's 50%).
 DEFAULT_PANIC_THRESHOLD = 0.5
 #: Time constant of the latency averages, in seconds (Finagle's and Linkerd's 10 s).
 DEFAULT_EWMA_DECAY = 10.0
+#: A failed request is recorded as a latency sample of at least this many seconds (and at least twice
+#: the host's average), so latency-aware strategies do not favour a host that fails fast.
+FAILURE_LATENCY_PENALTY = 0.25
+#: A host in slow start begins at this share of its weight (Envoy's min_weight_percent, 10%).
+_SLOW_START_FLOOR = 0.1
+_SLOW_START_STEPS = 10
+
+EventKind = Literal["ejected", "returned", "unhealthy", "healthy", "panic", "panic_over", "added", "removed"]
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """Something that changed in the pool: ``kind``, the host's URL (None for pool-wide events) and a
+    ``reason`` a person can read."""
+
+    kind: EventKind
+    host: str | None
+    reason: str
 
 
 def _check_share(name: str, value: object) -> float:
@@ -29,14 +59,16 @@ def _check_share(name: str, value: object) -> float:
     return float(value)
 
 
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+def _check_non_negative(name: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
     return float(value)
 
 
 class Lease:
-    """One request's hold on a host, from the pick until :meth:`release` (called exactly once)."""
+    """One request's hold on a host, from the pick until it is released (exactly once)."""
 
     __slots__ = ("host", "started_at", "_pool", "_released")
 
@@ -47,14 +79,18 @@ class Lease:
         self._released = False
 
     def release(self, *, failed: bool) -> None:
-        """End the request: in-flight count down, totals and (for a success) the latency recorded.
+        """End the request: in-flight count down; a failure counts toward ejection, a success records
+        its latency. Idempotent, so every exit path of a request can call it safely."""
+        if not self._released:
+            self._released = True
+            self._pool._release(self, failed)
 
-        Idempotent, so every exit path of a request can call it safely.
-        """
-        if self._released:
-            return
-        self._released = True
-        self._pool._release(self, failed)
+    def abandon(self) -> None:
+        """End a request that says nothing about the host (cancelled, or failed on our side): only the
+        in-flight count goes down."""
+        if not self._released:
+            self._released = True
+            self._pool._release(self, None)
 
 
 class Pool:
@@ -65,10 +101,15 @@ class Pool:
             mappings.
         strategy: a name from :data:`STRATEGIES` or a :class:`Strategy` object (one per pool).
         clock: seconds, monotonic; ``time.monotonic`` in the clients.
-        rng: the random generator given to a strategy that has none of its own.
+        rng: the random generator given to a strategy that has none of its own, and used for jitter.
         lock: held around every state change; ``None`` for single-threaded use.
         panic_threshold: below this share of available members, pick among all members.
+        outlier_detection: passive ejection, or None for none.
+        health_check: the thresholds applied to :meth:`report_check` results, or None.
+        slow_start: seconds over which a joining or returning host ramps from 10% to its full weight
+            (0: off). Weighted strategies honour it.
         ewma_decay: time constant of the latency averages, seconds.
+        listener: called with each :class:`PoolEvent`, outside the lock.
     """
 
     def __init__(
@@ -80,19 +121,40 @@ class Pool:
         rng: random.Random,
         lock: AbstractContextManager[object] | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        outlier_detection: OutlierDetection | None = None,
+        health_check: HealthCheck | None = None,
+        slow_start: float = 0.0,
         ewma_decay: float = DEFAULT_EWMA_DECAY,
+        listener: Callable[[PoolEvent], None] | None = None,
     ) -> None:
         self._panic_threshold = _check_share("panic_threshold", panic_threshold)
-        self._decay = _check_positive("ewma_decay", ewma_decay)
+        self._slow_start = _check_non_negative("slow_start", slow_start)
+        self._decay = _check_non_negative("ewma_decay", ewma_decay, positive=True)
+        self._outliers = outlier_detection
+        self._health = health_check
         self._states = [HostState(host) for host in parse_hosts(hosts)]
         self._strategy = make_strategy(strategy)
         self._strategy.attach(rng)
         self._tracks_load = self._strategy.tracks_load
         self._clock = clock
+        self._rng = rng
         self._lock: AbstractContextManager[object] = lock if lock is not None else contextlib.nullcontext()
+        self._listener = listener
+        self._pending: list[PoolEvent] = []
+        # Ejected hosts by URL; each expires at its own ejected_until (cachetools' time-aware LRU).
+        self._ejected: TLRUCache[str, HostState] = TLRUCache(
+            maxsize=math.inf, ttu=lambda _url, host, _now: host.ejected_until or 0.0, timer=clock
+        )
+        self._next_return = math.inf
+        self._ramping: list[HostState] = []
+        self._next_ramp_step = math.inf
         self._panic = False
+        self._candidates: tuple[HostState, ...] = ()
         self._signature: tuple[object, ...] = ()
         self._rebuild()
+        self._pending.clear()  # no events for the initial state
+
+    # -- reading ---------------------------------------------------------------------------------------
 
     @property
     def hosts(self) -> list[HostState]:
@@ -112,70 +174,246 @@ class Pool:
     def clock(self) -> Callable[[], float]:
         return self._clock
 
+    # -- changing the host set and health -----------------------------------------------------------------
+
     def update(self, hosts: Iterable[HostLike]) -> None:
         """Replace the host set. Hosts that stay keep their state (counters, latency, health); hosts that
-        leave finish their in-flight requests but get no new ones. Validates like the constructor."""
+        leave finish their in-flight requests but get no new ones; hosts that join ramp up under slow
+        start. Validates like the constructor."""
         parsed = parse_hosts(hosts)
         with self._lock:
+            now = self._clock()
             current = {state.url: state for state in self._states}
             states = []
             for host in parsed:
                 state = current.pop(host.url, None)
                 if state is None:
                     state = HostState(host)
+                    self._start_ramp(state, now)
+                    self._pending.append(PoolEvent("added", state.url, "pool update"))
                 else:
                     state.host = host
                     state.weight = host.weight
+                    state.effective_weight = host.weight * self._ramp_share(state, now)
                 states.append(state)
             for gone in current.values():
                 gone.selectable = False
+                self._ejected.pop(gone.url, None)
+                self._pending.append(PoolEvent("removed", gone.url, "pool update"))
             self._states = states
             self._rebuild()
+            events = self._take_events()
+        self._emit(events)
 
     def refresh(self) -> None:
-        """Re-derive the candidates after a host's ``healthy``, ``ejected`` or ``weight`` changed."""
-        with self._lock:
-            self._rebuild()
-
-    def _rebuild(self) -> None:
-        members = tuple(s for s in self._states if s.weight > 0)
-        available = tuple(s for s in members if s.healthy and not s.ejected)
-        self._panic = len(available) < self._panic_threshold * len(members)
-        candidates = members if self._panic else available
-        for state in self._states:
-            state.selectable = False
-        for state in candidates:
-            state.selectable = True
-        # Only a real change reaches the strategy, so a no-op refresh keeps its rotation.
-        signature = (candidates, members, self._panic, tuple(s.weight for s in members))
-        if signature != self._signature:
-            self._signature = signature
-            self._strategy.update(PoolView(candidates, members, self._panic, self._decay))
-
-    def acquire(self, key: str | None = None) -> Lease | None:
-        """Pick a host and count the request against it; ``None`` when no host can take it."""
+        """Re-derive the candidates after a host's ``healthy``, ``ejected`` or ``weight`` was changed by
+        hand."""
         with self._lock:
             now = self._clock()
-            host = self._strategy.pick(key, now)
-            if host is None:
-                return None
-            host.outstanding += 1
-            host.requests += 1
-            if self._tracks_load:
-                self._strategy.on_load_change(host)
-        return Lease(self, host, now)
+            for state in self._states:
+                state.effective_weight = state.weight * self._ramp_share(state, now)
+                if not state.ejected:
+                    self._ejected.pop(state.url, None)
+            self._rebuild()
+            events = self._take_events()
+        self._emit(events)
 
-    def _release(self, lease: Lease, failed: bool) -> None:
+    def report_check(self, host: HostState, ok: bool, detail: str) -> None:
+        """Apply one active health-check result. ``healthy_threshold`` good checks in a row make an
+        unhealthy host healthy, ``unhealthy_threshold`` bad ones the reverse; a good check also returns
+        an ejected host at once."""
+        config = self._health or HealthCheck()
+        with self._lock:
+            if host not in self._states:
+                return
+            now = self._clock()
+            changed = False
+            if ok:
+                host.checks_passed += 1
+                host.checks_failed = 0
+                if not host.healthy and host.checks_passed >= config.healthy_threshold:
+                    host.healthy = True
+                    self._start_ramp(host, now)
+                    self._pending.append(PoolEvent("healthy", host.url, f"{host.checks_passed} checks passed"))
+                    changed = True
+                if host.ejected:
+                    self._return(host, now, f"health check passed: {detail}")
+                    changed = True
+            else:
+                host.checks_failed += 1
+                host.checks_passed = 0
+                if host.healthy and host.checks_failed >= config.unhealthy_threshold:
+                    host.healthy = False
+                    self._pending.append(
+                        PoolEvent("unhealthy", host.url, f"{host.checks_failed} checks failed, last: {detail}")
+                    )
+                    changed = True
+            if changed:
+                self._rebuild()
+            events = self._take_events()
+        self._emit(events)
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def acquire(self, key: str | None = None, exclude: Collection[HostState] = ()) -> Lease | None:
+        """Pick a host and count the request against it; ``None`` when no host can take it.
+
+        ``exclude`` holds hosts this request already tried: when the strategy proposes one of them, a
+        random candidate not yet tried is taken instead, while one is left.
+        """
+        events: list[PoolEvent] = []
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_return or now >= self._next_ramp_step:
+                self._timed_changes(now)
+                events = self._take_events()
+            host = self._strategy.pick(key, now)
+            if host is not None and exclude and host in exclude:
+                host = self._untried(exclude) or host
+            if host is not None:
+                host.outstanding += 1
+                host.requests += 1
+                if self._tracks_load:
+                    self._strategy.on_load_change(host)
+        if events:
+            self._emit(events)
+        return None if host is None else Lease(self, host, now)
+
+    def _untried(self, exclude: Collection[HostState]) -> HostState | None:
+        candidates = self._candidates
+        for _ in range(8):
+            host = candidates[int(self._rng.random() * len(candidates))]
+            if host not in exclude:
+                return host
+        return next((h for h in candidates if h not in exclude), None)
+
+    def _release(self, lease: Lease, failed: bool | None) -> None:
         host = lease.host
+        events: list[PoolEvent] = []
         with self._lock:
             host.outstanding -= 1
             if failed:
                 host.failures += 1
-            else:
+                host.consecutive_failures += 1
+                now = self._clock()
+                penalty = max(now - lease.started_at, 2 * (host.ewma_latency or 0.0), FAILURE_LATENCY_PENALTY)
+                host.record_latency(penalty, now, self._decay)
+                config = self._outliers
+                if config and host.consecutive_failures >= config.consecutive_failures and not host.ejected:
+                    self._eject(host, config, f"{host.consecutive_failures} consecutive failures")
+                    events = self._take_events()
+            elif failed is not None:
+                host.consecutive_failures = 0
                 now = self._clock()
                 host.record_latency(now - lease.started_at, now, self._decay)
             if self._tracks_load:
                 self._strategy.on_load_change(host)
+        if events:
+            self._emit(events)
+
+    # -- internals (called under the lock) -------------------------------------------------------------
+
+    def _eject(self, host: HostState, config: OutlierDetection, reason: str) -> None:
+        if host not in self._states:
+            return  # it left the pool while the request was in flight
+        members = sum(1 for s in self._states if s.weight > 0)
+        cap = max(1 if members >= 2 else 0, math.floor(config.max_ejection_percent / 100 * members))
+        if len(self._ejected) >= cap:
+            return
+        now = self._clock()
+        if host.returned_at is not None and now - host.returned_at > config.max_ejection_time:
+            host.ejections = 0  # a long healthy stretch forgives earlier ejections
+        host.ejections += 1
+        duration = min(config.base_ejection_time * host.ejections, config.max_ejection_time)
+        duration *= 1.0 + self._rng.uniform(0.0, config.jitter)
+        host.ejected = True
+        host.ejected_until = now + duration
+        host.consecutive_failures = 0
+        self._ejected[host.url] = host
+        self._next_return = min(self._next_return, host.ejected_until)
+        self._pending.append(
+            PoolEvent("ejected", host.url, f"{reason}; ejected for {duration:.1f}s (ejection #{host.ejections})")
+        )
+        self._rebuild()
+
+    def _return(self, host: HostState, now: float, reason: str) -> None:
+        host.ejected = False
+        host.ejected_until = None
+        host.returned_at = now
+        self._ejected.pop(host.url, None)
+        self._start_ramp(host, now)
+        self._pending.append(PoolEvent("returned", host.url, reason))
+
+    def _timed_changes(self, now: float) -> None:
+        """Return hosts whose ejection ran out, and advance slow-start ramps."""
+        changed = False
+        if now >= self._next_return:
+            for _url, host in self._ejected.expire(now):
+                if host.ejected:
+                    self._return(host, now, "ejection time over")
+                    changed = True
+            self._next_return = min((h.ejected_until or math.inf for h in self._ejected.values()), default=math.inf)
+        if now >= self._next_ramp_step:
+            for host in self._ramping:
+                host.effective_weight = host.weight * self._ramp_share(host, now)
+            self._ramping = [h for h in self._ramping if h.ramp_started_at is not None]
+            step = self._slow_start / _SLOW_START_STEPS
+            self._next_ramp_step = now + step if self._ramping else math.inf
+            changed = True
+        if changed:
+            self._rebuild()
+
+    def _start_ramp(self, host: HostState, now: float) -> None:
+        if self._slow_start <= 0:
+            return
+        host.ramp_started_at = now
+        host.effective_weight = host.weight * _SLOW_START_FLOOR
+        if host not in self._ramping:
+            self._ramping.append(host)
+        self._next_ramp_step = min(self._next_ramp_step, now + self._slow_start / _SLOW_START_STEPS)
+
+    def _ramp_share(self, host: HostState, now: float) -> float:
+        if host.ramp_started_at is None:
+            return 1.0
+        share = (now - host.ramp_started_at) / self._slow_start
+        if share >= 1.0:
+            host.ramp_started_at = None
+            return 1.0
+        return max(_SLOW_START_FLOOR, share)
+
+    def _rebuild(self) -> None:
+        members = tuple(s for s in self._states if s.weight > 0)
+        available = tuple(s for s in members if s.healthy and not s.ejected)
+        panic = len(available) < self._panic_threshold * len(members)
+        if panic != self._panic:
+            self._panic = panic
+            self._pending.append(
+                PoolEvent(
+                    "panic" if panic else "panic_over",
+                    None,
+                    f"{len(available)} of {len(members)} hosts available, threshold {self._panic_threshold:g}",
+                )
+            )
+        candidates = members if panic else available
+        for state in self._states:
+            state.selectable = False
+        for state in candidates:
+            state.selectable = True
+        self._candidates = candidates
+        # Only a real change reaches the strategy, so a no-op refresh keeps its rotation.
+        signature = (candidates, members, panic, tuple(s.effective_weight for s in members))
+        if signature != self._signature:
+            self._signature = signature
+            self._strategy.update(PoolView(candidates, members, panic, self._decay))
+
+    def _take_events(self) -> list[PoolEvent]:
+        events, self._pending = self._pending, []
+        return events
+
+    def _emit(self, events: list[PoolEvent]) -> None:
+        if self._listener is not None:
+            for event in events:
+                self._listener(event)
 
     def __repr__(self) -> str:
         ejected = sum(1 for s in self._states if s.ejected)

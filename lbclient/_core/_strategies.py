@@ -153,8 +153,12 @@ class WeightedRoundRobin(Strategy):
     def update(self, view: PoolView) -> None:
         super().update(view)
         candidates = view.candidates
-        scale = 1 if all(float(h.weight).is_integer() for h in candidates) else 1000
-        weights = [max(1, round(h.weight * scale)) for h in candidates]
+        raw = [h.effective_weight for h in candidates]
+        if all(float(w).is_integer() for w in raw):
+            weights = [int(w) for w in raw]
+        else:  # honour ratios to 1/1000 of the lightest host's weight
+            lightest = min(raw, default=1.0)
+            weights = [max(1, round(w / lightest * 1000)) for w in raw]
         by_weight: dict[int, list[tuple[int, HostState]]] = {}
         for index, (host, weight) in enumerate(zip(candidates, weights, strict=True)):
             by_weight.setdefault(weight, []).append((index, host))
@@ -239,7 +243,7 @@ class WeightedRandom(Strategy):
 
     def update(self, view: PoolView) -> None:
         super().update(view)
-        self._cumulative = list(accumulate(h.weight for h in view.candidates))
+        self._cumulative = list(accumulate(h.effective_weight for h in view.candidates))
 
     def pick(self, key: str | None, now: float) -> HostState | None:
         candidates = self._view.candidates
@@ -307,7 +311,7 @@ class _LeastLoaded(Strategy):
             _, virtual_time, stamp, index = heap[0]
             if stamps[index] == stamp:
                 host = self._view.candidates[index]
-                self._passes[host] = virtual_time + (1.0 / host.weight if self.weighted_ties else 1.0)
+                self._passes[host] = virtual_time + (1.0 / host.effective_weight if self.weighted_ties else 1.0)
                 return host
             heapq.heappop(heap)
         return None
@@ -329,14 +333,14 @@ class WeightedLeastConnections(_LeastLoaded):
     name = "weighted_least_connections"
 
     def load(self, host: HostState) -> float:
-        return host.outstanding / host.weight
+        return host.outstanding / host.effective_weight
 
 
 def _latency_cost(latency: float | None, host: HostState) -> float:
     """Expected wait on ``host``: its latency times the requests it would be serving, per weight."""
     if latency is None:
         return _UNPROBED_PENALTY + host.outstanding if host.outstanding else 0.0
-    return max(latency, 1e-9) * (host.outstanding + 1) / host.weight
+    return max(latency, 1e-9) * (host.outstanding + 1) / host.effective_weight
 
 
 class LeastResponseTime(_LeastLoaded):
@@ -364,7 +368,7 @@ class _TwoChoices(Strategy):
 
     def update(self, view: PoolView) -> None:
         super().update(view)
-        weights = [h.weight for h in view.candidates]
+        weights = [h.effective_weight for h in view.candidates]
         uniform = all(w == weights[0] for w in weights)
         self._cumulative = None if uniform else list(accumulate(weights))
 
@@ -402,7 +406,7 @@ class PowerOfTwoChoices(_TwoChoices):
     name = "power_of_two_choices"
 
     def cost(self, host: HostState, now: float) -> float:
-        return host.outstanding / host.weight
+        return host.outstanding / host.effective_weight
 
 
 class PeakEwma(_TwoChoices):
@@ -481,6 +485,7 @@ class ConsistentHash(Strategy):
     name = "consistent_hash"
     key_source = "path"
     _index_bits: ClassVar[int] = 24
+    _walk_limit: ClassVar[int] = 256
 
     def __init__(self, *, vnodes: int = 100, rng: random.Random | None = None) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
@@ -515,13 +520,15 @@ class ConsistentHash(Strategy):
         if not ring or not self._view.candidates:
             return None
         mask = (1 << self._index_bits) - 1
-        start = bisect_left(ring, hash64(key) << self._index_bits)
+        point = hash64(key)
+        start = bisect_left(ring, point << self._index_bits)
         size = len(ring)
-        for step in range(size):
+        for step in range(min(size, self._walk_limit)):
             host = members[ring[(start + step) % size] & mask]
             if host.selectable:
                 return host
-        return None
+        candidates = self._view.candidates  # nearly every host is out: do not walk the whole ring
+        return candidates[point % len(candidates)]
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

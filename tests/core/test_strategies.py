@@ -673,16 +673,41 @@ def test_peak_ewma_jumps_to_a_slow_sample() -> None:
     assert serve(pool, clock, {"a": 0.01, "b": 0.02}, 10) == ["b"] * 10
 
 
-def test_failed_requests_do_not_record_latency() -> None:
+def test_failed_requests_record_a_latency_penalty() -> None:
+    pool, clock = make_pool(["a"], "least_response_time")
+    lease = pool.acquire()
+    assert lease is not None
+    clock.advance(0.001)
+    lease.release(failed=True)
+    state = pool.hosts[0]
+    assert state.ewma_latency is not None
+    assert state.ewma_latency >= 0.25
+    assert state.failures == 1
+    assert state.outstanding == 0
+
+
+def test_cancelled_requests_record_nothing_but_the_end() -> None:
     pool, clock = make_pool(["a"], "least_response_time")
     lease = pool.acquire()
     assert lease is not None
     clock.advance(5.0)
-    lease.release(failed=True)
+    lease.abandon()
     state = pool.hosts[0]
-    assert state.ewma_latency is None
-    assert state.failures == 1
-    assert state.outstanding == 0
+    assert (state.ewma_latency, state.failures, state.outstanding, state.requests) == (None, 0, 0, 1)
+
+
+@pytest.mark.parametrize("strategy", ["least_response_time", "peak_ewma"])
+def test_latency_aware_strategies_avoid_a_host_that_fails_fast(strategy: str) -> None:
+    pool, clock = make_pool(["good", "bad"], strategy, seed=3)
+    counts: Counter[str] = Counter()
+    for _ in range(200):
+        lease = pool.acquire()
+        assert lease is not None
+        name = lease.host.url.removeprefix("http://")
+        counts[name] += 1
+        clock.advance(0.0001 if name == "bad" else 0.01)
+        lease.release(failed=name == "bad")
+    assert counts["bad"] < 20, counts
 
 
 @pytest.mark.parametrize("cls", [LeastResponseTime, WeightedLeastConnections])

@@ -37,7 +37,9 @@ async def test_pool_request_is_rewritten_for_the_picked_host(flavor: Flavor, bac
     assert body["headers"]["X-Team"] == "core"
     assert response.extensions["lb_host"] == f"{a.url}/v1"
     assert response.extensions["lb_attempts"] == 1
-    assert str(response.request.url) == f"{a.url}/v1/api/data?x=1&y=%20"
+    # The caller's request is given back unchanged, so httpx's cookies and redirects see the pool.
+    assert response.request.url.host == client.base_url.host
+    assert response.request.headers["Host"] == client.base_url.host
 
 
 async def test_string_without_scheme_and_mapping_hosts(flavor: Flavor, backends: list[Backend]) -> None:
@@ -117,7 +119,7 @@ async def test_streamed_response_counts_in_flight_until_closed(flavor: Flavor, b
 async def test_dead_host_raises_httpx_error_and_counts_a_failure(flavor: Flavor, backends: list[Backend]) -> None:
     a = backends[0]
     a.kill()
-    async with flavor.client([a.url]) as client:
+    async with flavor.client([a.url], retries=1) as client:
         with pytest.raises(httpx.ConnectError):
             await flavor.get(client, "/x")
         host = client.pool.hosts[0]
@@ -127,7 +129,7 @@ async def test_dead_host_raises_httpx_error_and_counts_a_failure(flavor: Flavor,
 async def test_server_errors_count_as_failures(flavor: Flavor, backends: list[Backend]) -> None:
     a = backends[0]
     a.status = 503
-    async with flavor.client([a.url]) as client:
+    async with flavor.client([a.url], retries=1) as client:
         response = await flavor.get(client, "/x")
         assert response.status_code == 503
         assert client.pool.hosts[0].failures == 1
@@ -235,3 +237,43 @@ async def test_response_body_is_intact(flavor: Flavor, backends: list[Backend]) 
     async with flavor.client([backends[0].url]) as client:
         response = await flavor.request(client, "POST", "/echo", json={"k": "v" * 10_000})
     assert json.loads(response.json()["body"]) == {"k": "v" * 10_000}
+
+
+async def test_a_request_sent_again_is_balanced_again(flavor: Flavor, backends: list[Backend]) -> None:
+    a, b, _ = backends
+    async with flavor.client([a.url, b.url]) as client:
+        request = client.build_request("GET", "/again")
+        ids = []
+        for _ in range(4):
+            response = await (client.send(request) if flavor.is_async else _ready(client.send(request)))
+            ids.append(response.json()["id"])
+            assert response.extensions["lb_host"] in (a.url, b.url)
+    assert ids == ["a", "b", "a", "b"]
+
+
+async def _ready(value: httpx.Response) -> httpx.Response:
+    return value
+
+
+async def test_cookies_set_by_a_host_go_back_to_the_pool(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([b.url for b in backends]) as client:
+        await flavor.get(client, "/set-cookie?name=session&value=abc")
+        body = (await flavor.get(client, "/x")).json()
+    assert "session=abc" in body["headers"].get("Cookie", "")
+
+
+async def test_a_relative_redirect_is_balanced_and_keeps_auth(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([b.url for b in backends], follow_redirects=True, auth=("u", "p")) as client:
+        response = await flavor.get(client, "/redirect?to=/landed")
+    assert response.extensions["lb_host"] in [b.url for b in backends]
+    assert response.json()["path"] == "/landed"
+    assert response.json()["headers"]["Authorization"].startswith("Basic ")
+    assert sum(b.count() for b in backends) == 2
+
+
+async def test_head_and_dot_segments(flavor: Flavor, backends: list[Backend]) -> None:
+    async with flavor.client([backends[0].url]) as client:
+        head = await flavor.request(client, "HEAD", "/h")
+        assert head.status_code == 200
+        assert head.content == b""
+        assert (await flavor.get(client, "./a/../b")).json()["path"] == "/b"

@@ -1,0 +1,430 @@
+"""Everything the two transports share, with no I/O: which requests belong to the pool, the key for hash
+strategies, pointing a request at the picked host, and one request's journey over its attempts
+(``_Exchange``: retry decisions, per-try timeouts, labels, what to return when attempts run out).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import tenacity
+
+from . import _urls
+from ._core import HostLike, HostState, Lease, Pool, PoolEvent, Strategy
+from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._core._retry import FailureKind, RetryBudget, RetryPlan
+from ._exceptions import NoAvailableHostError
+
+__all__ = ["logger"]
+
+#: Ejections, returns, health changes, panic and retries are logged here, with the host and the reason.
+logger = logging.getLogger("lbclient")
+
+_EVENT_LEVELS = {
+    "ejected": logging.WARNING,
+    "unhealthy": logging.WARNING,
+    "panic": logging.WARNING,
+}
+
+#: Builds the body wrapper that releases a lease on close: the sync or the async one.
+StreamWrapper = Callable[[Any, Lease, bool], httpx.SyncByteStream | httpx.AsyncByteStream]
+
+
+class _Target:
+    """A host's URL parts, prepared once, and the rewrite of a pool request URL onto them."""
+
+    __slots__ = ("scheme", "host", "port", "prefix", "netloc", "url")
+
+    def __init__(self, base_url: str) -> None:
+        url = httpx.URL(base_url)
+        self.url = base_url
+        self.scheme = url.scheme
+        self.host = url.raw_host.decode("ascii")
+        self.port = url.port
+        self.prefix = url.raw_path.decode("ascii").rstrip("/")
+        self.netloc = url.netloc.decode("ascii")
+
+    def rewrite(self, url: httpx.URL) -> httpx.URL:
+        """``url`` sent to this host: its scheme, host and port, and its prefix before the path."""
+        path = self.prefix + url.raw_path.decode("ascii").split("?", 1)[0]
+        return _urls.replace(url, scheme=self.scheme, userinfo="", host=self.host, port=self.port, path=path)
+
+
+def _client_ip(request: httpx.Request) -> str | None:
+    forwarded: str | None = request.headers.get("x-forwarded-for")
+    if forwarded:
+        first = forwarded.split(",", 1)[0].strip()
+        if first:
+            return first
+    real_ip: str | None = request.headers.get("x-real-ip")
+    return real_ip or None
+
+
+def _check_service(service: object) -> str:
+    valid = isinstance(service, str) and service.strip() == service and service != ""
+    if valid:
+        assert isinstance(service, str)
+        try:
+            valid = httpx.URL(f"http://{service}/").host == service.lower()
+        except httpx.InvalidURL:
+            valid = False
+    if not valid:
+        raise ValueError(f"service must be a host name such as 'users', got {service!r}")
+    return str(service).lower()
+
+
+def failure_kind(exc: BaseException) -> FailureKind | None:
+    """How far a failed attempt got: ``connect`` (never reached a server), ``sent`` (may have), or None
+    for errors that say nothing about the host (bad URL, a body error on our side, cancellation)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return "connect"
+    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+        return "sent"
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked us to wait (``Retry-After`` on 429 and 503), if it did."""
+    if response.status_code not in (429, 503):
+        return None
+    value: str | None = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # unparseable: as if absent (RFC 9110 says to ignore it)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _log_event(service: str) -> Callable[[PoolEvent], None]:
+    def log(event: PoolEvent) -> None:
+        level = _EVENT_LEVELS.get(event.kind, logging.INFO)
+        logger.log(level, "%s: %s %s: %s", service, event.kind, event.host or "pool", event.reason)
+
+    return log
+
+
+class _Balancer:
+    """The pool, its retry budget and settings: one per transport."""
+
+    __slots__ = ("pool", "service", "retries", "health_check", "budget", "_key_source", "_targets", "_rng")
+
+    def __init__(
+        self,
+        hosts: Iterable[HostLike],
+        *,
+        strategy: str | Strategy,
+        retries: int | RetryPolicy | None,
+        outlier_detection: OutlierDetection | bool | None,
+        health_check: HealthCheck | bool | None,
+        panic_threshold: float,
+        slow_start: float,
+        service: str,
+    ) -> None:
+        self.service = _check_service(service)
+        self.retries = RetryPolicy.coerce(retries)
+        self.health_check = HealthCheck.coerce(health_check)
+        self._rng = random.Random()
+        self.pool = Pool(
+            hosts,
+            strategy,
+            clock=time.monotonic,
+            rng=self._rng,
+            lock=threading.Lock(),
+            panic_threshold=panic_threshold,
+            outlier_detection=OutlierDetection.coerce(outlier_detection),
+            health_check=self.health_check,
+            slow_start=slow_start,
+            listener=_log_event(self.service),
+        )
+        self.budget = RetryBudget(
+            self.retries.budget_ratio,
+            self.retries.budget_min_retries,
+            self.retries.budget_window,
+            clock=time.monotonic,
+            lock=threading.Lock(),
+        )
+        self._key_source = self.pool.strategy.key_source
+        self._targets: dict[str, _Target] = {}
+        for host in self.pool.hosts:
+            try:
+                self.target(host)
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
+
+    def owns(self, request: httpx.Request) -> bool:
+        """A pool request names the service as its host; anything else passes through."""
+        return request.url.host == self.service
+
+    def key(self, request: httpx.Request) -> str | None:
+        key: object = request.extensions.get("lb_key")
+        if key is not None:
+            return key.decode() if isinstance(key, bytes) else str(key)
+        if self._key_source == "client_ip":
+            return _client_ip(request)
+        if self._key_source == "path":
+            return request.url.path
+        return None
+
+    def target(self, host: HostState) -> _Target:
+        target = self._targets.get(host.url)
+        if target is None:
+            if len(self._targets) > 2 * len(self.pool.hosts) + 16:
+                self._targets.clear()  # forget hosts that left the pool
+            target = self._targets[host.url] = _Target(host.url)
+        return target
+
+    def exchange(self, request: httpx.Request) -> _Exchange:
+        return _Exchange(self, request)
+
+
+class _StopWhen(tenacity.stop.stop_base):
+    """A tenacity stop condition from a predicate, so it composes with ``|``."""
+
+    def __init__(self, predicate: Callable[[tenacity.RetryCallState], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._predicate(retry_state)
+
+
+def _overall_timeout(timeout: Any) -> float | None:
+    """The request's deadline in seconds: httpx's timeout read as a bound on the whole request
+    (the largest of connect, read and write; None when any of them is unbounded)."""
+    if not isinstance(timeout, dict):
+        return None
+    values = [timeout.get(name) for name in ("connect", "read", "write")]
+    bounded = [float(value) for value in values if value is not None]
+    return max(bounded) if len(bounded) == len(values) else None
+
+
+class _Exchange:
+    """One pool request over its attempts. The transports drive it; it makes every decision."""
+
+    __slots__ = (
+        "balancer",
+        "request",
+        "plan",
+        "attempts",
+        "errors",
+        "previous",
+        "_url",
+        "_host_header",
+        "_key",
+        "_timeout",
+        "_tried",
+        "_seed",
+        "_exhausted",
+    )
+
+    def __init__(self, balancer: _Balancer, request: httpx.Request) -> None:
+        self.balancer = balancer
+        self.request = request
+        self._url = request.url
+        self._host_header: str | None = request.headers.get("host")
+        self._key = balancer.key(request)
+        self._timeout: Any = request.extensions.get("timeout")
+        overall = _overall_timeout(self._timeout)
+        policy = balancer.retries
+        self.plan: RetryPlan | None = None
+        if policy.max_attempts > 1:
+            self.plan = RetryPlan(
+                policy,
+                method=request.method,
+                idempotency_key="idempotency-key" in request.headers,
+                replayable=isinstance(request.stream, httpx.ByteStream),
+                deadline=None if overall is None else time.monotonic() + overall,
+                clock=time.monotonic,
+                rng=balancer._rng,
+                budget=balancer.budget,
+            )
+            balancer.budget.record_request()
+        self.attempts = 0
+        #: (host, error) of every failed attempt, for the error a user finally sees.
+        self.errors: list[tuple[str, str]] = []
+        #: The newest response, kept open until a newer one replaces it or it is returned.
+        self.previous: httpx.Response | None = None
+        self._tried: list[HostState] = []
+        self._seed: httpx.Response | BaseException | None = None
+        self._exhausted = False
+
+    # -- one attempt -------------------------------------------------------------------------------------
+
+    def begin(self) -> Lease | None:
+        """Pick a host this request has not tried (while one is left) and point the request at it.
+
+        None: no host can be picked, but an earlier response can be returned instead.
+        """
+        balancer = self.balancer
+        lease = balancer.pool.acquire(self._key, self._tried)
+        if lease is None:
+            if self.previous is not None:
+                self._exhausted = True
+                return None
+            raise NoAvailableHostError(
+                f"no host of {balancer.service!r} can take the request: {balancer.pool!r}", request=self.request
+            )
+        self.attempts += 1
+        self._tried.append(lease.host)
+        request = self.request
+        try:
+            target = balancer.target(lease.host)
+            request.url = target.rewrite(self._url)
+        except BaseException:
+            lease.abandon()
+            raise
+        request.headers["Host"] = target.netloc
+        if self.plan is not None and (self.plan.policy.per_try_timeout is not None or self.attempts > 1):
+            request.extensions["timeout"] = self._attempt_timeout(self.plan)
+        return lease
+
+    def _attempt_timeout(self, plan: RetryPlan) -> dict[str, float | None]:
+        """The request's timeouts, bounded by the per-try timeout and what is left of the deadline."""
+        bound = plan.remaining()
+        per_try = plan.policy.per_try_timeout
+        if per_try is not None:
+            bound = per_try if bound is None else min(bound, per_try)
+        original = self._timeout if isinstance(self._timeout, dict) else {}
+        if bound is None:
+            return dict(original)
+        bound = max(bound, 0.001)
+        return {name: bound if value is None else min(value, bound) for name, value in original.items()} or {
+            name: bound for name in ("connect", "read", "write", "pool")
+        }
+
+    def responded(self, lease: Lease, response: httpx.Response, wrap: StreamWrapper) -> httpx.Response | None:
+        """Label the response with its host and attempt count, and tie the lease to its body (``wrap``
+        builds the sync or async body). Returns the earlier response it replaces, for the caller to close."""
+        response.extensions["lb_host"] = lease.host.url
+        response.extensions["lb_attempts"] = self.attempts
+        failed = response.status_code >= 500
+        if response.is_closed:
+            # A body built in memory (mock transports): no close will come, so the lease ends now.
+            lease.release(failed=failed)
+        else:
+            response.stream = wrap(response.stream, lease, failed)
+        if failed:
+            self.errors.append((lease.host.url, f"HTTP {response.status_code}"))
+        stale, self.previous = self.previous, response
+        return stale
+
+    def failed(self, lease: Lease, exc: BaseException) -> None:
+        """An attempt raised: count it against the host when the error is the host's doing."""
+        kind = failure_kind(exc)
+        if kind is None or isinstance(exc, httpx.PoolTimeout):
+            lease.abandon()
+        else:
+            lease.release(failed=True)
+        if isinstance(exc, Exception):
+            self.errors.append((lease.host.url, f"{type(exc).__name__}: {exc}"))
+
+    def restore(self) -> None:
+        """Give the caller's request back as it was: httpx reuses it for cookies, redirects, auth flows
+        and re-sends, which must all see the pool's URL, not the host that happened to answer."""
+        request = self.request
+        request.url = self._url
+        if self._host_header is None:
+            request.headers.pop("host", None)
+        else:
+            request.headers["Host"] = self._host_header
+        if self._timeout is None:
+            request.extensions.pop("timeout", None)
+        else:
+            request.extensions["timeout"] = self._timeout
+
+    # -- the retry loop's questions -------------------------------------------------------------------------
+
+    def should_retry(self, outcome: httpx.Response | BaseException) -> bool:
+        plan = self.plan
+        if plan is None or self._exhausted:
+            return False
+        if isinstance(outcome, BaseException):
+            kind = failure_kind(outcome)
+            return kind is not None and plan.retry_failure(kind)
+        return plan.retry_status(outcome.status_code, _retry_after(outcome))
+
+    def seed(self, outcome: httpx.Response | BaseException) -> None:
+        """Hand the first attempt's outcome to the retry loop, which replays it as its attempt 1: the
+        loop (about 20 us) is only built for requests that need a retry."""
+        self._seed = outcome
+
+    def take_seed(self) -> httpx.Response | None:
+        seed, self._seed = self._seed, None
+        if isinstance(seed, BaseException):
+            raise seed
+        return seed
+
+    def retrying_options(self, sleep: Callable[[float], Any]) -> dict[str, Any]:
+        """tenacity's settings for this request: our decisions, our clock and random generator."""
+        assert self.plan is not None
+        plan = self.plan
+
+        def retry(state: tenacity.RetryCallState) -> bool:
+            outcome = state.outcome
+            assert outcome is not None
+            return self.should_retry(outcome.exception() or outcome.result())
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            outcome = state.outcome
+            retry_after = None
+            if outcome is not None and not outcome.failed:
+                retry_after = _retry_after(outcome.result())
+            return plan.wait(state.attempt_number, retry_after)
+
+        def out_of_time_or_budget(state: tenacity.RetryCallState) -> bool:
+            if plan.may_continue(state.upcoming_sleep):
+                return False
+            logger.info(
+                "%s: no retry for %s %s: deadline or retry budget spent",
+                self.balancer.service,
+                self.request.method,
+                self._url,
+            )
+            return True
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            host, error = self.errors[-1] if self.errors else ("?", "?")
+            logger.info(
+                "%s: retrying %s %s after %s from %s (attempt %d of %d, waiting %.3fs)",
+                self.balancer.service,
+                self.request.method,
+                self._url,
+                error,
+                host,
+                state.attempt_number + 1,
+                plan.policy.max_attempts,
+                state.upcoming_sleep,
+            )
+
+        return {
+            "sleep": sleep,
+            "retry": retry,
+            "wait": wait,
+            "stop": tenacity.stop_after_attempt(plan.policy.max_attempts) | _StopWhen(out_of_time_or_budget),
+            "before_sleep": before_sleep,
+            "retry_error_callback": lambda state: state.outcome.result() if state.outcome else None,
+        }
+
+    def give_up(self, exc: Exception) -> httpx.Response:
+        """The request failed for good: return the last response if there was one, else raise ``exc``
+        with every attempt (host, error) noted on it."""
+        if self.previous is not None:
+            return self.previous
+        if len(self.errors) > 1 or self.attempts > 1:
+            attempts = "; ".join(f"{host}: {error}" for host, error in self.errors)
+            exc.add_note(f"lbclient: {self.attempts} attempts failed: {attempts}")
+        raise exc

@@ -1,0 +1,183 @@
+"""Frozen, validated configuration objects and their defaults, in one place.
+
+Every value is checked when the object is built and a bad one raises ``ValueError`` naming it. Times are
+float seconds, so tests can use short ones. Defaults follow the systems users know: Envoy for backoff
+and outlier detection, Finagle and Linkerd for the retry budget, HAProxy for health-check thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_RETRY_STATUSES",
+    "IDEMPOTENT_METHODS",
+    "HealthCheck",
+    "OutlierDetection",
+    "RetryPolicy",
+]
+
+#: Methods that may be sent twice without changing the outcome (RFC 9110, section 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: Statuses retried by default: the gateway errors, which say nothing was done.
+DEFAULT_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _number(owner: str, name: str, value: object, *, minimum: float = 0.0, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be a number >= {minimum:g}, got {value!r}")
+
+
+def _integer(owner: str, name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a pool request is retried on another host (``retries=RetryPolicy(...)``; an int is
+    ``RetryPolicy(max_attempts=n)``).
+
+    - ``max_attempts``: attempts in all, 1 = no retry.
+    - ``backoff_base`` / ``backoff_max``: exponential backoff with full jitter, in seconds: before retry
+      k the wait is uniform in [0, min(backoff_max, backoff_base * 2**(k-1))] (Envoy's 25 ms / 250 ms).
+    - ``retry_on_status``: statuses that count as a failed attempt (502, 503, 504).
+    - ``retry_after_max``: a ``Retry-After`` on 429/503 is waited out when it is at most this long;
+      a longer one ends the retries and the response is returned.
+    - ``budget_ratio`` / ``budget_min_retries`` / ``budget_window``: retries allowed are at most
+      ``budget_ratio`` of the requests of the last ``budget_window`` seconds, plus ``budget_min_retries``
+      per second (Finagle: 20 %, 10/s, 10 s), so that an outage cannot multiply the load.
+    - ``retry_non_idempotent``: also retry failures of POST/PATCH that may have reached the server
+      (never for a body that cannot be replayed). Off: only idempotent methods and requests with an
+      ``Idempotency-Key`` header are retried after they may have been sent.
+    - ``per_try_timeout``: seconds for each attempt, within the client's timeout, which stays the
+      overall deadline of the request, retries included.
+    """
+
+    max_attempts: int = 3
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
+    retry_on_status: Collection[int] = field(default=DEFAULT_RETRY_STATUSES)
+    retry_after_max: float = 5.0
+    budget_ratio: float = 0.2
+    budget_min_retries: float = 10.0
+    budget_window: float = 10.0
+    retry_non_idempotent: bool = False
+    per_try_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        owner = "RetryPolicy"
+        _integer(owner, "max_attempts", self.max_attempts, minimum=1)
+        _number(owner, "backoff_base", self.backoff_base)
+        _number(owner, "backoff_max", self.backoff_max)
+        _number(owner, "retry_after_max", self.retry_after_max)
+        _number(owner, "budget_ratio", self.budget_ratio)
+        _number(owner, "budget_min_retries", self.budget_min_retries)
+        _number(owner, "budget_window", self.budget_window, minimum=1e-9)
+        _number(owner, "per_try_timeout", self.per_try_timeout, minimum=1e-9, allow_none=True)
+        statuses = self.retry_on_status
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise ValueError(f"RetryPolicy.retry_on_status must be a collection of statuses, got {statuses!r}")
+        statuses = frozenset(statuses)
+        for status in statuses:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ValueError(f"RetryPolicy.retry_on_status holds {status!r}, which is not an HTTP status")
+        object.__setattr__(self, "retry_on_status", statuses)
+        if not isinstance(self.retry_non_idempotent, bool):
+            raise ValueError(f"RetryPolicy.retry_non_idempotent must be a bool, got {self.retry_non_idempotent!r}")
+
+    @classmethod
+    def coerce(cls, value: int | RetryPolicy | None) -> RetryPolicy:
+        """``retries=`` as given: an int of attempts, a policy, or None (no retries)."""
+        if value is None:
+            return cls(max_attempts=1)
+        if isinstance(value, RetryPolicy):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"retries must be an int of attempts or a RetryPolicy, got {value!r}")
+        return cls(max_attempts=value)
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health: eject a host after ``consecutive_failures`` failures in a row (connect errors,
+    resets, timeouts, 5xx) for ``base_ejection_time`` x the number of its ejections, at most
+    ``max_ejection_time``, plus up to ``jitter`` of that (a share). At most ``max_ejection_percent`` of
+    the pool is ejected at once, but one host of a pool of two or more always can be (gRFC A50, Envoy).
+    A host's ejection count is forgotten once it stays un-ejected for ``max_ejection_time``.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 50.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        owner = "OutlierDetection"
+        _integer(owner, "consecutive_failures", self.consecutive_failures, minimum=1)
+        _number(owner, "base_ejection_time", self.base_ejection_time)
+        _number(owner, "max_ejection_time", self.max_ejection_time)
+        _number(owner, "max_ejection_percent", self.max_ejection_percent)
+        if self.max_ejection_percent > 100:
+            raise ValueError(
+                f"OutlierDetection.max_ejection_percent must be in 0..100, got {self.max_ejection_percent!r}"
+            )
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ValueError(
+                f"OutlierDetection.max_ejection_time {self.max_ejection_time!r} is below "
+                f"base_ejection_time {self.base_ejection_time!r}"
+            )
+        _number(owner, "jitter", self.jitter)
+
+    @classmethod
+    def coerce(cls, value: OutlierDetection | bool | None) -> OutlierDetection | None:
+        """``outlier_detection=`` as given: a config, True (defaults), or None/False (off)."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, OutlierDetection):
+            return value
+        raise ValueError(f"outlier_detection must be an OutlierDetection, True, False or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Active health: ``GET path`` on every host each ``interval`` seconds (plus up to ``jitter`` of it,
+    a share, so a fleet of clients does not probe in step). A host turns unhealthy after
+    ``unhealthy_threshold`` failed checks in a row and healthy after ``healthy_threshold`` good ones
+    (HAProxy's 3 and 2). A check is good when it answers within ``timeout`` with a status below 400.
+    """
+
+    path: str = "/health"
+    interval: float = 10.0
+    timeout: float = 2.0
+    jitter: float = 0.1
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+    def __post_init__(self) -> None:
+        owner = "HealthCheck"
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValueError(f"HealthCheck.path must start with '/', got {self.path!r}")
+        _number(owner, "interval", self.interval, minimum=1e-9)
+        _number(owner, "timeout", self.timeout, minimum=1e-9)
+        _number(owner, "jitter", self.jitter)
+        _integer(owner, "healthy_threshold", self.healthy_threshold, minimum=1)
+        _integer(owner, "unhealthy_threshold", self.unhealthy_threshold, minimum=1)
+
+    @classmethod
+    def coerce(cls, value: HealthCheck | bool | None) -> HealthCheck | None:
+        """``health_check=`` as given: a config, True (defaults), or None/False (off)."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, HealthCheck):
+            return value
+        raise ValueError(f"health_check must be a HealthCheck, True, False or None, got {value!r}")
