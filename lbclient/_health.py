@@ -31,9 +31,16 @@ class _Checks:
         self.service = service
         self._rng = random.Random()
 
-    def url(self, host: HostState) -> str:
-        """The check goes to the host's base URL (prefix included) plus the check path."""
-        return host.url + self.config.path
+    def request(self, host: HostState) -> httpx.Request:
+        """The check: ``GET`` of the host's base URL (prefix included) plus the check path. Sent straight
+        through a transport, so checks stay out of httpx's request log."""
+        timeout = self.config.timeout
+        return httpx.Request(
+            "GET",
+            host.url + self.config.path,
+            headers={"User-Agent": "lbclient-health-check"},
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
+        )
 
     def report(self, host: HostState, outcome: httpx.Response | Exception) -> None:
         if isinstance(outcome, httpx.Response):
@@ -73,19 +80,20 @@ class AsyncHealthChecker:
 
     async def _run(self) -> None:
         checks = self._checks
-        async with httpx.AsyncClient(timeout=checks.config.timeout) as client:
+        async with httpx.AsyncHTTPTransport() as transport:
             while True:
                 try:
                     async with anyio.create_task_group() as group:
                         for host in checks.pool.hosts:
-                            group.start_soon(self._check, client, host)
+                            group.start_soon(self._check, transport, host)
                 except Exception as exc:  # noqa: BLE001 - a background loop logs and survives its own errors
                     checks.round_failed(exc)
                 await anyio.sleep(checks.delay())
 
-    async def _check(self, client: httpx.AsyncClient, host: HostState) -> None:
+    async def _check(self, transport: httpx.AsyncHTTPTransport, host: HostState) -> None:
         try:
-            response = await client.get(self._checks.url(host))
+            response = await transport.handle_async_request(self._checks.request(host))
+            await response.aclose()
         except httpx.HTTPError as exc:
             self._checks.report(host, exc)
         else:
@@ -108,20 +116,21 @@ class ThreadedHealthChecker:
 
     def _run(self) -> None:
         checks = self._checks
-        with httpx.Client(timeout=checks.config.timeout) as client:
+        with httpx.HTTPTransport() as transport:
             while not self._stopping.is_set():
                 try:
                     for host in checks.pool.hosts:
                         if self._stopping.is_set():
                             return
-                        self._check(client, host)
+                        self._check(transport, host)
                 except Exception as exc:  # noqa: BLE001 - a background loop logs and survives its own errors
                     checks.round_failed(exc)
                 self._stopping.wait(checks.delay())
 
-    def _check(self, client: httpx.Client, host: HostState) -> None:
+    def _check(self, transport: httpx.HTTPTransport, host: HostState) -> None:
         try:
-            response = client.get(self._checks.url(host))
+            response = transport.handle_request(self._checks.request(host))
+            response.close()
         except httpx.HTTPError as exc:
             self._checks.report(host, exc)
         else:

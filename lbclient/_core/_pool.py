@@ -158,8 +158,19 @@ class Pool:
 
     @property
     def hosts(self) -> list[HostState]:
-        """The live state of every host, in configuration order (a new list; the items are live)."""
-        return list(self._states)
+        """The live state of every host, in configuration order (a new list; the items are live).
+
+        Ejections that have run out end here too, so ``ejected`` is current even without traffic."""
+        events: list[PoolEvent] = []
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_return or now >= self._next_ramp_step:
+                self._timed_changes(now)
+                events = self._take_events()
+            states = list(self._states)
+        if events:
+            self._emit(events)
+        return states
 
     @property
     def strategy(self) -> Strategy:
