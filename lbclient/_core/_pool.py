@@ -327,11 +327,13 @@ class Pool:
     def _eject(self, host: HostState, config: OutlierDetection, reason: str) -> None:
         if host not in self._states:
             return  # it left the pool while the request was in flight
+        now = self._clock()
+        if now >= self._next_return:
+            self._timed_changes(now)  # ejections that ran out end before this one is counted
         members = sum(1 for s in self._states if s.weight > 0)
         cap = max(1 if members >= 2 else 0, math.floor(config.max_ejection_percent / 100 * members))
-        if len(self._ejected) >= cap:
+        if sum(1 for s in self._states if s.ejected) >= cap:
             return
-        now = self._clock()
         if host.returned_at is not None and now - host.returned_at > config.max_ejection_time:
             host.ejections = 0  # a long healthy stretch forgives earlier ejections
         host.ejections += 1
@@ -360,7 +362,7 @@ class Pool:
         changed = False
         if now >= self._next_return:
             for _url, host in self._ejected.expire(now):
-                if host.ejected:
+                if host.ejected and host in self._states:
                     self._return(host, now, "ejection time over")
                     changed = True
             self._next_return = min((h.ejected_until or math.inf for h in self._ejected.values()), default=math.inf)

@@ -62,7 +62,7 @@ class RetryBudget:
         """Take one retry from the budget; False (and nothing taken) when it is spent."""
         with self._lock:
             slot = self._advance()
-            if sum(self._retries) >= self._ratio * sum(self._requests) + self._floor:
+            if sum(self._retries) + 1 > self._ratio * sum(self._requests) + self._floor:
                 return False
             self._retries[slot] += 1
             return True
