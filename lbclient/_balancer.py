@@ -218,7 +218,6 @@ class _Exchange:
     __slots__ = (
         "balancer",
         "request",
-        "plan",
         "attempts",
         "errors",
         "previous",
@@ -226,6 +225,9 @@ class _Exchange:
         "_host_header",
         "_key",
         "_timeout",
+        "_timeout_changed",
+        "_started",
+        "_plan",
         "_tried",
         "_seed",
         "_exhausted",
@@ -238,20 +240,10 @@ class _Exchange:
         self._host_header: str | None = request.headers.get("host")
         self._key = balancer.key(request)
         self._timeout: Any = request.extensions.get("timeout")
-        overall = _overall_timeout(self._timeout)
-        policy = balancer.retries
-        self.plan: RetryPlan | None = None
-        if policy.max_attempts > 1:
-            self.plan = RetryPlan(
-                policy,
-                method=request.method,
-                idempotency_key="idempotency-key" in request.headers,
-                replayable=isinstance(request.stream, httpx.ByteStream),
-                deadline=None if overall is None else time.monotonic() + overall,
-                clock=time.monotonic,
-                rng=balancer._rng,
-                budget=balancer.budget,
-            )
+        self._timeout_changed = False
+        self._started = time.monotonic()
+        self._plan: RetryPlan | None = None
+        if balancer.retries.max_attempts > 1:
             balancer.budget.record_request()
         self.attempts = 0
         #: (host, error) of every failed attempt, for the error a user finally sees.
@@ -261,6 +253,25 @@ class _Exchange:
         self._tried: list[HostState] = []
         self._seed: httpx.Response | BaseException | None = None
         self._exhausted = False
+
+    @property
+    def plan(self) -> RetryPlan | None:
+        """The retry decisions, built when first needed (most requests never need them)."""
+        policy = self.balancer.retries
+        if self._plan is None and policy.max_attempts > 1:
+            request = self.request
+            overall = _overall_timeout(self._timeout)
+            self._plan = RetryPlan(
+                policy,
+                method=request.method,
+                idempotency_key="idempotency-key" in request.headers,
+                replayable=isinstance(request.stream, httpx.ByteStream),
+                deadline=None if overall is None else self._started + overall,
+                clock=time.monotonic,
+                rng=self.balancer._rng,
+                budget=self.balancer.budget,
+            )
+        return self._plan
 
     # -- one attempt -------------------------------------------------------------------------------------
 
@@ -288,8 +299,11 @@ class _Exchange:
             lease.abandon()
             raise
         request.headers["Host"] = target.netloc
-        if self.plan is not None and (self.plan.policy.per_try_timeout is not None or self.attempts > 1):
-            request.extensions["timeout"] = self._attempt_timeout(self.plan)
+        if self.attempts > 1 or balancer.retries.per_try_timeout is not None:
+            plan = self.plan
+            if plan is not None:
+                request.extensions["timeout"] = self._attempt_timeout(plan)
+                self._timeout_changed = True
         return lease
 
     def _attempt_timeout(self, plan: RetryPlan) -> dict[str, float | None]:
@@ -341,10 +355,11 @@ class _Exchange:
             request.headers.pop("host", None)
         else:
             request.headers["Host"] = self._host_header
-        if self._timeout is None:
-            request.extensions.pop("timeout", None)
-        else:
-            request.extensions["timeout"] = self._timeout
+        if self._timeout_changed:
+            if self._timeout is None:
+                request.extensions.pop("timeout", None)
+            else:
+                request.extensions["timeout"] = self._timeout
 
     # -- the retry loop's questions -------------------------------------------------------------------------
 
