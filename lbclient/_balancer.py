@@ -18,8 +18,8 @@ import httpx
 import tenacity
 
 from . import _urls
-from ._core import HostLike, HostState, Lease, Pool, PoolEvent, Strategy
-from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
+from ._core._config import IDEMPOTENT_METHODS, HealthCheck, OutlierDetection, RetryPolicy
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
 from ._exceptions import NoAvailableHostError
 
@@ -79,6 +79,15 @@ def _check_service(service: object) -> str:
     if not valid:
         raise ValueError(f"service must be a host name such as 'users', got {service!r}")
     return str(service).lower()
+
+
+def _check_sendable(host: Host) -> None:
+    """Refuse a host URL that httpx could not send a request to (it validates more than the core)."""
+    try:
+        httpx.Request("GET", host.url)
+        _Target(host.url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
 
 
 def failure_kind(exc: BaseException) -> FailureKind | None:
@@ -150,6 +159,7 @@ class _Balancer:
             health_check=self.health_check,
             slow_start=slow_start,
             listener=_log_event(self.service),
+            host_check=_check_sendable,
         )
         self.budget = RetryBudget(
             self.retries.budget_ratio,
@@ -160,11 +170,6 @@ class _Balancer:
         )
         self._key_source = self.pool.strategy.key_source
         self._targets: dict[str, _Target] = {}
-        for host in self.pool.hosts:
-            try:
-                self.target(host)
-            except httpx.InvalidURL as exc:
-                raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
 
     def owns(self, request: httpx.Request) -> bool:
         """A pool request names the service as its host; anything else passes through."""
@@ -335,6 +340,31 @@ class _Exchange:
             self.errors.append((lease.host.url, f"HTTP {response.status_code}"))
         stale, self.previous = self.previous, response
         return stale
+
+    def should_buffer(self, response: httpx.Response) -> bool:
+        """Read this response's body inside the attempt? Only when a failure while reading it could be
+        retried, and the body is small and of known length (never a stream of unknown end)."""
+        policy = self.balancer.retries
+        if self.attempts >= policy.max_attempts or not policy.buffer_limit or response.is_closed:
+            return False
+        request = self.request
+        if not (
+            request.method in IDEMPOTENT_METHODS or policy.retry_non_idempotent or "idempotency-key" in request.headers
+        ):
+            return False
+        length: str | None = response.headers.get("content-length")
+        return (
+            length is not None
+            and length.isdigit()
+            and 0 < int(length) <= policy.buffer_limit
+            and request.method != "HEAD"
+            and isinstance(request.stream, httpx.ByteStream)
+        )
+
+    @staticmethod
+    def buffered(response: httpx.Response, body: bytes) -> None:
+        """Give the response the body read inside the attempt."""
+        response.stream = httpx.ByteStream(body)
 
     def failed(self, lease: Lease, exc: BaseException) -> None:
         """An attempt raised: count it against the host when the error is the host's doing."""

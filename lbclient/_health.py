@@ -47,6 +47,8 @@ class _Checks:
             ok, detail = outcome.status_code < 400, f"HTTP {outcome.status_code}"
         else:
             ok, detail = False, f"{type(outcome).__name__}: {outcome}"
+            if not isinstance(outcome, httpx.HTTPError):
+                logger.warning("%s: health check of %s failed on our side: %r", self.service, host.url, outcome)
         self.pool.report_check(host, ok, detail)
 
     def delay(self) -> float:
@@ -94,7 +96,7 @@ class AsyncHealthChecker:
         try:
             response = await transport.handle_async_request(self._checks.request(host))
             await response.aclose()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any error fails this host's check, not the round
             self._checks.report(host, exc)
         else:
             self._checks.report(host, response)
@@ -131,7 +133,7 @@ class ThreadedHealthChecker:
         try:
             response = transport.handle_request(self._checks.request(host))
             response.close()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any error fails this host's check, not the round
             self._checks.report(host, exc)
         else:
             self._checks.report(host, response)

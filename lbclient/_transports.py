@@ -9,6 +9,7 @@ the whole body, streamed or not.
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import anyio
@@ -165,6 +166,13 @@ class LoadBalancingTransport(httpx.BaseTransport):
             return exchange.previous
         try:
             response = self._inner.handle_request(exchange.request)
+            if exchange.should_buffer(response):
+                stream = typing.cast(httpx.SyncByteStream, response.stream)
+                try:
+                    body = b"".join(stream)
+                finally:
+                    stream.close()
+                exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
             raise
@@ -264,6 +272,13 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
             return exchange.previous
         try:
             response = await self._inner.handle_async_request(exchange.request)
+            if exchange.should_buffer(response):
+                stream = typing.cast(httpx.AsyncByteStream, response.stream)
+                try:
+                    body = b"".join([chunk async for chunk in stream])
+                finally:
+                    await stream.aclose()
+                exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
             raise

@@ -10,16 +10,34 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
 
 Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
 body of N lines), ``/redirect?to=PATH`` (302) and ``/set-cookie?name=N&value=V``.
+
+Faults, for tests that need servers that really fail (every request is counted when it arrives, before
+any fault, so ``count()`` proves what reached the server)::
+
+    a.kill()                  # connection refused from now on; open connections reset
+    a.fail_next(3, 503)       # a burst: the next 3 answers are 503, then normal answers again
+    a.fail_next(1, 503, retry_after=1)  # ... with a Retry-After header
+    a.status = 503            # every answer 503 (``retry_after`` adds the header to answers >= 400)
+    a.reset = True            # status line, headers and part of the body, then a TCP reset (RST)
+    a.drop = True             # read the request, then reset the connection before any answer
+    a.hang = True             # read the request and never answer (until cleared or killed)
+    a.health_pattern = [200, 503]  # /health answers these statuses in turn, cycling (flapping)
+
+``/health`` only obeys ``health_status`` and ``health_pattern``; the other faults leave it alone.
+Request bodies are read whole, with ``Content-Length`` or chunked.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -37,7 +55,15 @@ class _Server(ThreadingHTTPServer):
         self.backend = backend
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        #: Set when the server is killed: wakes the handlers that hang.
+        self.stopping = threading.Event()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        """Quiet about clients that went away (timeouts, resets); anything else is printed as usual."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         if isinstance(request, socket.socket):
@@ -54,23 +80,51 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    disable_nagle_algorithm = True  # /stream writes its chunks one by one
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: tests and the demo print their own summaries."""
 
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
     def _answer(self) -> None:
         backend = self.server.backend
         url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
         backend._arrived(self.command, url.path)
         if url.path == "/health":
-            self._send(backend.health_status, {"id": backend.name, "healthy": backend.health_status < 400})
+            status = backend._health_answer()
+            self._send(status, {"id": backend.name, "healthy": status < 400})
+            return
+        if backend.hang:
+            self._hang()
             return
         if backend.delay:
             time.sleep(backend.delay)
+        if backend.drop:
+            self._abort()
+            return
+        if backend.reset:
+            self._reset()
+            return
+        burst = backend._take_burst()
+        if burst is not None:
+            status, retry_after = burst
+            self._send(status, {"id": backend.name, "burst": True}, retry_after=retry_after)
+            return
         if url.path == "/stream":
             self._stream(parse_qs(url.query))
             return
@@ -98,15 +152,52 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(backend.status, payload)
 
-    def _send(self, status: int, payload: object) -> None:
+    def _send(self, status: int, payload: object, *, retry_after: str | None = None) -> None:
+        """A JSON answer: status line, headers and body in one write, so that a kill can only reset
+        a connection before the answer or after all of it, never in between."""
+        backend = self.server.backend
         data = json.dumps(payload).encode()
-        self.send_response(status)
+        real, buffer = self.wfile, io.BytesIO()
+        self.wfile = buffer
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Backend-Id", backend.name)
+            if retry_after is None and status >= 400 and self.path.split("?", 1)[0] != "/health":
+                retry_after = backend.retry_after
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.end_headers()
+        finally:
+            self.wfile = real
+        real.write(buffer.getvalue() + (b"" if self.command == "HEAD" else data))
+
+    def _hang(self) -> None:
+        """Never answer: wait until the fault is cleared or the server killed, then close silently."""
+        server = self.server
+        while server.backend.hang and not server.stopping.wait(0.02):
+            pass
+        self.close_connection = True
+
+    def _reset(self) -> None:
+        """Start an answer (status line, headers and 10 of the 1,000 promised bytes), give the client
+        50 ms to read the headers, then reset the connection: the failure hits the body."""
+        self.send_response(self.server.backend.status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Backend-Id", self.server.backend.name)
+        self.send_header("Content-Length", "1000")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self.wfile.write(b'{"partial"')
+        self.server.stopping.wait(0.05)
+        self._abort()
+
+    def _abort(self) -> None:
+        """Reset the connection: SO_LINGER 0 makes the close send a TCP RST instead of a FIN."""
+        self.close_connection = True
+        conn = self.connection
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # lets go of the descriptor, so the close below really closes (and resets)
+        conn.close()
 
     def _stream(self, query: dict[str, list[str]]) -> None:
         chunks = int(query.get("chunks", ["3"])[0])
@@ -130,14 +221,36 @@ class Backend:
     """A real HTTP server on 127.0.0.1 that names itself in every answer.
 
     Attributes you may change while it runs: ``status`` (the status of normal answers), ``delay``
-    (seconds before answering), ``health_status`` (the status of ``/health``).
+    (seconds before answering), ``health_status`` (the status of ``/health``), and the faults:
+    ``retry_after`` (a ``Retry-After`` value sent with every answer of status 400 or more), ``reset``
+    (start each answer, then reset the connection), ``drop`` (reset the connection instead of
+    answering), ``hang`` (never answer), ``health_pattern``
+    (statuses that ``/health`` answers in turn, cycling; None: ``health_status``). ``fail_next()``
+    makes a burst of failed answers.
     """
 
-    def __init__(self, name: str, *, port: int = 0, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        port: int = 0,
+        status: int = 200,
+        delay: float = 0.0,
+        reset: bool = False,
+        drop: bool = False,
+        hang: bool = False,
+    ) -> None:
         self.name = name
         self.status = status
         self.delay = delay
         self.health_status = 200
+        self.health_pattern: Sequence[int] | None = None
+        self.retry_after: str | None = None
+        self.reset = reset
+        self.drop = drop
+        self.hang = hang
+        self._burst: list[tuple[int, str | None]] = []
+        self._health_answers = 0
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
         self._server: _Server | None = None
@@ -160,7 +273,7 @@ class Backend:
         self._server = _Server(self, self.port)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"backend-{self.name}", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name=f"backend-{self.name}", daemon=True
         )
         self._thread.start()
 
@@ -170,6 +283,7 @@ class Backend:
         if server is None or thread is None:
             return
         self._server = self._thread = None
+        server.stopping.set()
         server.shutdown()
         server.server_close()
         with server.connections_lock:
@@ -183,6 +297,26 @@ class Backend:
             except OSError:
                 continue
         thread.join(timeout=5)
+
+    def fail_next(self, count: int, status: int = 503, *, retry_after: float | str | None = None) -> None:
+        """Answer the next ``count`` requests (``/health`` aside) with ``status``, then normally again;
+        ``retry_after`` (seconds or an HTTP date) is sent as a ``Retry-After`` header with them."""
+        header = None if retry_after is None else str(retry_after)
+        with self._counts_lock:
+            self._burst.extend([(status, header)] * count)
+
+    def _take_burst(self) -> tuple[int, str | None] | None:
+        with self._counts_lock:
+            return self._burst.pop(0) if self._burst else None
+
+    def _health_answer(self) -> int:
+        with self._counts_lock:
+            pattern = self.health_pattern
+            if not pattern:
+                return self.health_status
+            status = pattern[self._health_answers % len(pattern)]
+            self._health_answers += 1
+            return status
 
     def _arrived(self, method: str, path: str) -> None:
         with self._counts_lock:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -77,3 +80,21 @@ def anyio_backend(mode: str) -> str:
 @pytest.fixture
 def flavor(mode: str) -> Flavor:
     return Flavor(mode)
+
+
+async def eventually(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> None:
+    """Wait until ``predicate()`` (sync, or returning an awaitable) is true; fail after ``timeout`` seconds.
+
+    Every wait in the fault tests goes through here: a condition with a deadline, never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await anyio.sleep(interval)

@@ -81,3 +81,12 @@ def test_proxy_keyword_reaches_the_inner_transport() -> None:
         inner = client._balancer._inner
         assert isinstance(inner, httpx.HTTPTransport)
         assert type(inner._pool).__name__ == "HTTPProxy"
+
+
+def test_a_host_httpx_cannot_encode_is_refused_at_construction_and_update() -> None:
+    with pytest.raises(ValueError, match=re.escape("http://xn--abc.example")):
+        LBClient(["http://xn--abc.example"])
+    with LBClient(["a:1"]) as client:
+        with pytest.raises(ValueError, match=re.escape("http://xn--abc.example")):
+            client.pool.update(["a:1", "http://xn--abc.example"])
+        assert [h.url for h in client.pool.hosts] == ["http://a:1"]

@@ -56,6 +56,10 @@ class RetryPolicy:
       ``Idempotency-Key`` header are retried after they may have been sent.
     - ``per_try_timeout``: seconds for each attempt, within the client's timeout, which stays the
       overall deadline of the request, retries included.
+    - ``buffer_limit``: a response body of at most this many bytes (by its Content-Length) is read
+      inside the attempt when the request could be retried, so a reset in the middle of the body is
+      retried like any other failure. Larger bodies, and bodies of unknown length (streams, server-sent
+      events), go to the caller as they arrive and are not retried once their headers are in. 0: off.
     """
 
     max_attempts: int = 3
@@ -68,6 +72,7 @@ class RetryPolicy:
     budget_window: float = 10.0
     retry_non_idempotent: bool = False
     per_try_timeout: float | None = None
+    buffer_limit: int = 256 * 1024
 
     def __post_init__(self) -> None:
         owner = "RetryPolicy"
@@ -79,6 +84,7 @@ class RetryPolicy:
         _number(owner, "budget_min_retries", self.budget_min_retries)
         _number(owner, "budget_window", self.budget_window, minimum=1e-9)
         _number(owner, "per_try_timeout", self.per_try_timeout, minimum=1e-9, allow_none=True)
+        _integer(owner, "buffer_limit", self.buffer_limit, minimum=0)
         statuses = self.retry_on_status
         if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
             raise ValueError(f"RetryPolicy.retry_on_status must be a collection of statuses, got {statuses!r}")

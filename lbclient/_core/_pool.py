@@ -24,7 +24,7 @@ from typing import Literal
 from cachetools import TLRUCache
 
 from ._config import HealthCheck, OutlierDetection
-from ._host import HostLike, HostState, parse_hosts
+from ._host import Host, HostLike, HostState, parse_hosts
 from ._strategies import PoolView, Strategy, make_strategy
 
 __all__ = ["DEFAULT_EWMA_DECAY", "DEFAULT_PANIC_THRESHOLD", "EventKind", "Lease", "Pool", "PoolEvent"]
@@ -110,6 +110,8 @@ class Pool:
             (0: off). Weighted strategies honour it.
         ewma_decay: time constant of the latency averages, seconds.
         listener: called with each :class:`PoolEvent`, outside the lock.
+        host_check: called with every host given to the constructor or ``update``; raises
+            ``ValueError`` for a host that the caller cannot use.
     """
 
     def __init__(
@@ -126,13 +128,15 @@ class Pool:
         slow_start: float = 0.0,
         ewma_decay: float = DEFAULT_EWMA_DECAY,
         listener: Callable[[PoolEvent], None] | None = None,
+        host_check: Callable[[Host], None] | None = None,
     ) -> None:
         self._panic_threshold = _check_share("panic_threshold", panic_threshold)
         self._slow_start = _check_non_negative("slow_start", slow_start)
         self._decay = _check_non_negative("ewma_decay", ewma_decay, positive=True)
         self._outliers = outlier_detection
         self._health = health_check
-        self._states = [HostState(host) for host in parse_hosts(hosts)]
+        self._host_check = host_check
+        self._states = [HostState(host) for host in self._parse(hosts)]
         self._strategy = make_strategy(strategy)
         self._strategy.attach(rng)
         self._tracks_load = self._strategy.tracks_load
@@ -191,7 +195,7 @@ class Pool:
         """Replace the host set. Hosts that stay keep their state (counters, latency, health); hosts that
         leave finish their in-flight requests but get no new ones; hosts that join ramp up under slow
         start. Validates like the constructor."""
-        parsed = parse_hosts(hosts)
+        parsed = self._parse(hosts)
         with self._lock:
             now = self._clock()
             current = {state.url: state for state in self._states}
@@ -215,6 +219,13 @@ class Pool:
             self._rebuild()
             events = self._take_events()
         self._emit(events)
+
+    def _parse(self, hosts: Iterable[HostLike]) -> list[Host]:
+        parsed = parse_hosts(hosts)
+        if self._host_check is not None:
+            for host in parsed:
+                self._host_check(host)
+        return parsed
 
     def refresh(self) -> None:
         """Re-derive the candidates after a host's ``healthy``, ``ejected`` or ``weight`` was changed by
