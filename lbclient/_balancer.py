@@ -188,7 +188,7 @@ class _Balancer:
     def target(self, host: HostState) -> _Target:
         target = self._targets.get(host.url)
         if target is None:
-            if len(self._targets) > 2 * len(self.pool.hosts) + 16:
+            if len(self._targets) > 2 * len(self.pool) + 16:
                 self._targets.clear()  # forget hosts that left the pool
             target = self._targets[host.url] = _Target(host.url)
         return target
@@ -394,6 +394,8 @@ class _Exchange:
     # -- the retry loop's questions -------------------------------------------------------------------------
 
     def should_retry(self, outcome: httpx.Response | BaseException) -> bool:
+        if isinstance(outcome, httpx.Response) and outcome.status_code not in self.balancer.retries.retry_on_status:
+            return False  # the common case, decided without building the plan
         plan = self.plan
         if plan is None or self._exhausted:
             return False

@@ -202,7 +202,7 @@ class HostState:
         else:
             w = math.exp(-max(now - self.last_sample_at, 0.0) / decay)
             self.ewma_latency = self.ewma_latency * w + sample * (1.0 - w)
-            decayed = self.peak_ewma_at(now, decay)
+            decayed = self.peak_ewma * w  # peak_ewma_at(now), with the weight computed once
             self.peak_ewma = sample if sample > decayed else decayed * w + sample * (1.0 - w)
         self.last_sample_at = now
 

@@ -176,6 +176,10 @@ class Pool:
             self._emit(events)
         return states
 
+    def __len__(self) -> int:
+        """The number of hosts."""
+        return len(self._states)
+
     @property
     def strategy(self) -> Strategy:
         return self._strategy

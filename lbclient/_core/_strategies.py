@@ -494,6 +494,7 @@ class ConsistentHash(Strategy):
         self.vnodes = vnodes
         self._ring: list[int] = []
         self._ring_members: tuple[tuple[str, float], ...] = ()
+        self._points: dict[tuple[str, int], list[int]] = {}
         self._round_robin = RoundRobin()
 
     def update(self, view: PoolView) -> None:
@@ -504,13 +505,17 @@ class ConsistentHash(Strategy):
             return
         if len(members) >= 1 << self._index_bits:
             raise ValueError(f"consistent_hash supports fewer than {1 << self._index_bits} hosts")
+        # Each host's points are hashed once and kept, so a change of members re-hashes only newcomers.
+        points: dict[tuple[str, int], list[int]] = {}
         ring: list[int] = []
         for index, (url, weight) in enumerate(members):
-            count = max(1, round(self.vnodes * weight))
-            ring.extend((point << self._index_bits) | index for point in hash64_many(url, count))
+            key = (url, max(1, round(self.vnodes * weight)))
+            own = points[key] = self._points.get(key) or [p << self._index_bits for p in hash64_many(*key)]
+            ring.extend([point | index for point in own])
         ring.sort()
         self._ring = ring
         self._ring_members = members
+        self._points = points
 
     def pick(self, key: str | None, now: float) -> HostState | None:
         if key is None:
