@@ -21,6 +21,7 @@ import httpx
 
 import lbclient
 
+from ._failover import failover
 from ._nginx import NginxServer, run_nginx
 from ._overhead import async_overhead, sync_overhead, transport_overhead
 from ._report import Section, render, write_json
@@ -37,7 +38,11 @@ NGINX_SECTIONS: dict[str, Callable[[str, Settings], Section]] = {
     "transport": transport_overhead,
 }
 #: Sections that run in memory (httpx.MockTransport, bare pools).
-MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {"scaling": scaling, "pick": pick_costs}
+MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {
+    "scaling": scaling,
+    "pick": pick_costs,
+    "failover": failover,
+}
 SECTIONS = [*NGINX_SECTIONS, *MEMORY_SECTIONS]
 
 

@@ -20,6 +20,8 @@ class Ratio:
     baseline: float
     ratio: float | None
     bar: float | None = None
+    #: "seconds" for times; "count" for a plain number checked against its bar (subject = ratio).
+    unit: str = "seconds"
 
     @property
     def verdict(self) -> str:
@@ -36,6 +38,7 @@ class Ratio:
             "baseline_seconds": self.baseline,
             "ratio": self.ratio,
             "bar": self.bar,
+            "unit": self.unit,
             "verdict": self.verdict or None,
         }
 
@@ -81,8 +84,8 @@ def _summary_rows(sections: Sequence[Section]) -> list[list[str]]:
             rows.append(
                 [
                     ratio.label,
-                    fmt_us(ratio.subject),
-                    fmt_us(ratio.baseline),
+                    fmt_us(ratio.subject) if ratio.unit == "seconds" else f"{ratio.subject:g}",
+                    fmt_us(ratio.baseline) if ratio.unit == "seconds" else "-",
                     fmt_ratio(ratio.ratio),
                     bar,
                     ratio.verdict,
