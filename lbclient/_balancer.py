@@ -19,7 +19,7 @@ import tenacity
 
 from . import _urls
 from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
-from ._core._config import IDEMPOTENT_METHODS, HealthCheck, OutlierDetection, RetryPolicy
+from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
 from ._exceptions import NoAvailableHostError
 
@@ -130,7 +130,18 @@ def _log_event(service: str) -> Callable[[PoolEvent], None]:
 class _Balancer:
     """The pool, its retry budget and settings: one per transport."""
 
-    __slots__ = ("pool", "service", "retries", "health_check", "budget", "_key_source", "_targets", "_rng")
+    __slots__ = (
+        "pool",
+        "service",
+        "retries",
+        "health_check",
+        "hedge",
+        "budget",
+        "hedge_budget",
+        "_key_source",
+        "_targets",
+        "_rng",
+    )
 
     def __init__(
         self,
@@ -143,10 +154,12 @@ class _Balancer:
         panic_threshold: float,
         slow_start: float,
         service: str,
+        hedge: Hedge | float | bool | None = None,
     ) -> None:
         self.service = _check_service(service)
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
+        self.hedge = Hedge.coerce(hedge)
         self._rng = random.Random()
         self.pool = Pool(
             hosts,
@@ -160,6 +173,7 @@ class _Balancer:
             slow_start=slow_start,
             listener=_log_event(self.service),
             host_check=_check_sendable,
+            latency_window=1024 if self.hedge is not None and self.hedge.delay is None else 0,
         )
         self.budget = RetryBudget(
             self.retries.budget_ratio,
@@ -168,6 +182,10 @@ class _Balancer:
             clock=time.monotonic,
             lock=threading.Lock(),
         )
+        self.hedge_budget = None
+        if self.hedge is not None:
+            ratio, window = self.hedge.budget_ratio, self.hedge.budget_window
+            self.hedge_budget = RetryBudget(ratio, 0.0, window, clock=time.monotonic, lock=threading.Lock())
         self._key_source = self.pool.strategy.key_source
         self._targets: dict[str, _Target] = {}
 
@@ -250,6 +268,8 @@ class _Exchange:
         self._plan: RetryPlan | None = None
         if balancer.retries.max_attempts > 1:
             balancer.budget.record_request()
+        if balancer.hedge_budget is not None:
+            balancer.hedge_budget.record_request()
         self.attempts = 0
         #: (host, error) of every failed attempt, for the error a user finally sees.
         self.errors: list[tuple[str, str]] = []
@@ -280,8 +300,9 @@ class _Exchange:
 
     # -- one attempt -------------------------------------------------------------------------------------
 
-    def begin(self) -> Lease | None:
-        """Pick a host this request has not tried (while one is left) and point the request at it.
+    def begin(self, request: httpx.Request | None = None) -> Lease | None:
+        """Pick a host this request has not tried (while one is left) and point the request (or the
+        hedge's copy of it) at it.
 
         None: no host can be picked, but an earlier response can be returned instead.
         """
@@ -296,7 +317,7 @@ class _Exchange:
             )
         self.attempts += 1
         self._tried.append(lease.host)
-        request = self.request
+        request = request or self.request
         try:
             target = balancer.target(lease.host)
             request.url = target.rewrite(self._url)
@@ -325,9 +346,9 @@ class _Exchange:
             name: bound for name in ("connect", "read", "write", "pool")
         }
 
-    def responded(self, lease: Lease, response: httpx.Response, wrap: StreamWrapper) -> httpx.Response | None:
+    def responded(self, lease: Lease, response: httpx.Response, wrap: StreamWrapper) -> None:
         """Label the response with its host and attempt count, and tie the lease to its body (``wrap``
-        builds the sync or async body). Returns the earlier response it replaces, for the caller to close."""
+        builds the sync or async body)."""
         response.extensions["lb_host"] = lease.host.url
         response.extensions["lb_attempts"] = self.attempts
         failed = response.status_code >= 500
@@ -338,8 +359,49 @@ class _Exchange:
             response.stream = wrap(response.stream, lease, failed)
         if failed:
             self.errors.append((lease.host.url, f"HTTP {response.status_code}"))
+
+    def keep(self, response: httpx.Response) -> httpx.Response | None:
+        """Hold ``response`` as the newest; returns the one it replaces, for the caller to close."""
         stale, self.previous = self.previous, response
-        return stale
+        return None if stale is response else stale
+
+    # -- hedging -------------------------------------------------------------------------------------------
+
+    def hedge_delay(self) -> float | None:
+        """Seconds to wait before hedging this request, or None when it is not hedged (no hedging
+        configured, turned off with ``extensions={"lb_hedge": False}``, a request that may not be sent
+        twice, or not enough latency samples yet for a percentile delay)."""
+        hedge = self.balancer.hedge
+        request = self.request
+        if hedge is None or request.extensions.get("lb_hedge", True) is False:
+            return None
+        if request.method not in IDEMPOTENT_METHODS and "idempotency-key" not in request.headers:
+            return None
+        if not isinstance(request.stream, httpx.ByteStream):
+            return None
+        if hedge.delay is not None:
+            return hedge.delay
+        observed = self.balancer.pool.latency_percentile(hedge.percentile)
+        return None if observed is None else max(observed, hedge.min_delay)
+
+    def may_hedge(self) -> bool:
+        """Take a hedge from the hedging budget, if it has one left."""
+        budget = self.balancer.hedge_budget
+        return budget is not None and budget.try_withdraw()
+
+    def hedge_request(self) -> httpx.Request:
+        """A copy of the caller's request for the second attempt, so the two never share a URL."""
+        request = self.request
+        copy = httpx.Request(
+            request.method,
+            self._url,
+            headers=request.headers.copy(),
+            stream=request.stream,
+            extensions=dict(request.extensions),
+        )
+        if self._host_header is not None:
+            copy.headers["Host"] = self._host_header
+        return copy
 
     def should_buffer(self, response: httpx.Response) -> bool:
         """Read this response's body inside the attempt? Only when a failure while reading it could be
@@ -461,7 +523,9 @@ class _Exchange:
             "sleep": sleep,
             "retry": retry,
             "wait": wait,
-            "stop": tenacity.stop_after_attempt(plan.policy.max_attempts) | _StopWhen(out_of_time_or_budget),
+            # Attempts in all, hedges included: the exchange counts them, tenacity only counts its calls.
+            "stop": _StopWhen(lambda _state: self.attempts >= plan.policy.max_attempts)
+            | _StopWhen(out_of_time_or_budget),
             "before_sleep": before_sleep,
             "retry_error_callback": lambda state: state.outcome.result() if state.outcome else None,
         }

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from . import _urls
-from ._core import DEFAULT_PANIC_THRESHOLD, HealthCheck, HostLike, OutlierDetection, Pool, RetryPolicy, Strategy
+from ._core import DEFAULT_PANIC_THRESHOLD, HealthCheck, Hedge, HostLike, OutlierDetection, Pool, RetryPolicy, Strategy
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
 __all__ = ["AsyncLBClient", "LBClient"]
@@ -125,7 +125,7 @@ class LBClient(_PoolClient, httpx.Client):
 
 class AsyncLBClient(_PoolClient, httpx.AsyncClient):
     """The async twin of :class:`LBClient`, on asyncio or trio. Active health checks run as an anyio task
-    inside ``async with client:``."""
+    inside ``async with client:``. ``hedge=`` (async only) hedges slow idempotent requests."""
 
     def __init__(
         self,
@@ -137,6 +137,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
+        hedge: Hedge | float | bool | None = None,
         service: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -150,6 +151,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             health_check=health_check,
             panic_threshold=panic_threshold,
             slow_start=slow_start,
+            hedge=hedge,
             transport=inner,
             service=name,
         )

@@ -18,7 +18,7 @@ import tenacity
 
 from ._balancer import _Balancer, _Exchange
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
-from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._health import AsyncHealthChecker, ThreadedHealthChecker
 
 __all__ = ["DEFAULT_SERVICE", "AsyncLoadBalancingTransport", "LoadBalancingTransport"]
@@ -176,7 +176,8 @@ class LoadBalancingTransport(httpx.BaseTransport):
         except BaseException as exc:
             exchange.failed(lease, exc)
             raise
-        stale = exchange.responded(lease, response, _LeasedStream)
+        exchange.responded(lease, response, _LeasedStream)
+        stale = exchange.keep(response)
         if stale is not None:
             stale.close()
         return response
@@ -194,7 +195,11 @@ class LoadBalancingTransport(httpx.BaseTransport):
 
 class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
     """The async twin of :class:`LoadBalancingTransport`, on asyncio or trio. Active health checks run as
-    an anyio task while the transport (or the client holding it) is open as an async context manager."""
+    an anyio task while the transport (or the client holding it) is open as an async context manager.
+
+    ``hedge`` (a :class:`Hedge`, or seconds of fixed delay; off by default) sends a second attempt of an
+    idempotent request to another host when the first is slow, and keeps the first good answer.
+    """
 
     def __init__(
         self,
@@ -206,6 +211,7 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
+        hedge: Hedge | float | bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         service: str = DEFAULT_SERVICE,
     ) -> None:
@@ -218,6 +224,7 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
             panic_threshold=panic_threshold,
             slow_start=slow_start,
             service=service,
+            hedge=hedge,
         )
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._closed = False
@@ -240,7 +247,7 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         exchange = balancer.exchange(request)
         try:
             try:
-                response = await self._attempt(exchange)
+                response = await self._first(exchange)
             except Exception as exc:
                 if not exchange.should_retry(exc):
                     raise
@@ -265,13 +272,15 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         seed = exchange.take_seed()
         return seed if seed is not None else await self._attempt(exchange)
 
-    async def _attempt(self, exchange: _Exchange) -> httpx.Response:
-        lease = exchange.begin()
+    async def _attempt(
+        self, exchange: _Exchange, request: httpx.Request | None = None, *, keep: bool = True
+    ) -> httpx.Response:
+        lease = exchange.begin(request)
         if lease is None:
             assert exchange.previous is not None
             return exchange.previous
         try:
-            response = await self._inner.handle_async_request(exchange.request)
+            response = await self._inner.handle_async_request(request or exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.AsyncByteStream, response.stream)
                 try:
@@ -282,10 +291,70 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             exchange.failed(lease, exc)
             raise
-        stale = exchange.responded(lease, response, _AsyncLeasedStream)
-        if stale is not None:
-            await stale.aclose()
+        exchange.responded(lease, response, _AsyncLeasedStream)
+        if keep:
+            stale = exchange.keep(response)
+            if stale is not None:
+                await stale.aclose()
         return response
+
+    async def _first(self, exchange: _Exchange) -> httpx.Response:
+        """The first attempt, hedged when the request may be."""
+        delay = exchange.hedge_delay()
+        return await (self._attempt(exchange) if delay is None else self._hedged(exchange, delay))
+
+    async def _hedged(self, exchange: _Exchange, delay: float) -> httpx.Response:
+        """Send the request; if it has no answer after ``delay``, send a copy to another host too. The
+        first good answer wins and the other attempt is cancelled (or its response closed)."""
+        winner: httpx.Response | None = None
+        outcomes: list[httpx.Response | Exception] = []
+        settled = anyio.Event()
+        running = 0
+
+        async def attempt(request: httpx.Request | None) -> None:
+            nonlocal winner, running
+            try:
+                response = await self._attempt(exchange, request, keep=False)
+            except Exception as exc:  # noqa: BLE001 - every outcome is weighed below
+                outcomes.append(exc)
+            else:
+                if winner is None and not exchange.should_retry(response):
+                    winner = response
+                    settled.set()
+                else:
+                    outcomes.append(response)
+            finally:
+                running -= 1
+                if running == 0:
+                    settled.set()
+
+        try:
+            async with anyio.create_task_group() as group:
+                running = 1
+                group.start_soon(attempt, None)
+                with anyio.move_on_after(delay):
+                    await settled.wait()
+                if not settled.is_set() and exchange.may_hedge():
+                    running += 1
+                    group.start_soon(attempt, exchange.hedge_request())
+                await settled.wait()
+                group.cancel_scope.cancel()
+        except BaseException:
+            for outcome in (winner, *outcomes):
+                if isinstance(outcome, httpx.Response):
+                    await outcome.aclose()
+            raise
+        responses = [outcome for outcome in outcomes if isinstance(outcome, httpx.Response)]
+        chosen = winner if winner is not None else (responses[-1] if responses else None)
+        for response in responses:
+            if response is not chosen:
+                await response.aclose()
+        if chosen is None:
+            error = outcomes[-1]
+            assert isinstance(error, Exception)
+            raise error
+        exchange.keep(chosen)
+        return chosen
 
     async def __aenter__(self) -> AsyncLoadBalancingTransport:
         if self._checker is not None:

@@ -12,6 +12,7 @@ EXPECTED = {
     "AsyncLBClient",
     "AsyncLoadBalancingTransport",
     "ConsistentHash",
+    "Hedge",
     "HealthCheck",
     "Host",
     "HostState",

@@ -5,7 +5,7 @@ time, randomness and locking come in as arguments, so the same code runs in the 
 a simulator on a fake clock.
 """
 
-from ._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._hashing import hash64
 from ._host import Host, HostLike, HostState
 from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, Lease, Pool, PoolEvent
@@ -36,6 +36,7 @@ __all__ = [
     "ConsistentHash",
     "EventKind",
     "HealthCheck",
+    "Hedge",
     "Host",
     "HostLike",
     "HostState",

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_RETRY_STATUSES",
     "IDEMPOTENT_METHODS",
     "HealthCheck",
+    "Hedge",
     "OutlierDetection",
     "RetryPolicy",
 ]
@@ -187,3 +188,42 @@ class HealthCheck:
         if isinstance(value, HealthCheck):
             return value
         raise ValueError(f"health_check must be a HealthCheck, True, False or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Hedge:
+    """Hedged requests ("The Tail at Scale", Dean and Barroso, 2013): when an idempotent request has no
+    answer after ``delay`` seconds, or, without a delay, after the ``percentile`` of recent latencies
+    (but at least ``min_delay``), a second attempt goes to another host; the first good answer wins and
+    the other attempt is cancelled and closed. At most ``budget_ratio`` of requests are hedged (counted
+    over ``budget_window`` seconds), so hedging cannot add more than that share of load.
+    """
+
+    delay: float | None = None
+    percentile: float = 0.95
+    min_delay: float = 0.005
+    budget_ratio: float = 0.05
+    budget_window: float = 10.0
+
+    def __post_init__(self) -> None:
+        owner = "Hedge"
+        _number(owner, "delay", self.delay, allow_none=True)
+        _number(owner, "percentile", self.percentile)
+        if not 0 < self.percentile < 1:
+            raise ValueError(f"Hedge.percentile must be in 0..1 (exclusive), got {self.percentile!r}")
+        _number(owner, "min_delay", self.min_delay)
+        _number(owner, "budget_ratio", self.budget_ratio)
+        _number(owner, "budget_window", self.budget_window, minimum=1e-9)
+
+    @classmethod
+    def coerce(cls, value: Hedge | float | bool | None) -> Hedge | None:
+        """``hedge=`` as given: a config, seconds of fixed delay, True (the defaults), or None/False."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, Hedge):
+            return value
+        if isinstance(value, (int, float)):
+            return cls(delay=float(value))
+        raise ValueError(f"hedge must be a Hedge, a delay in seconds, True, False or None, got {value!r}")

@@ -25,6 +25,7 @@ from cachetools import TLRUCache
 
 from ._config import HealthCheck, OutlierDetection
 from ._host import Host, HostLike, HostState, parse_hosts
+from ._latency import LatencyWindow
 from ._strategies import PoolView, Strategy, make_strategy
 
 __all__ = ["DEFAULT_EWMA_DECAY", "DEFAULT_PANIC_THRESHOLD", "EventKind", "Lease", "Pool", "PoolEvent"]
@@ -112,6 +113,7 @@ class Pool:
         listener: called with each :class:`PoolEvent`, outside the lock.
         host_check: called with every host given to the constructor or ``update``; raises
             ``ValueError`` for a host that the caller cannot use.
+        latency_window: keep this many recent latencies for :meth:`latency_percentile` (0: none).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Pool:
         ewma_decay: float = DEFAULT_EWMA_DECAY,
         listener: Callable[[PoolEvent], None] | None = None,
         host_check: Callable[[Host], None] | None = None,
+        latency_window: int = 0,
     ) -> None:
         self._panic_threshold = _check_share("panic_threshold", panic_threshold)
         self._slow_start = _check_non_negative("slow_start", slow_start)
@@ -136,6 +139,7 @@ class Pool:
         self._outliers = outlier_detection
         self._health = health_check
         self._host_check = host_check
+        self._recent = LatencyWindow(latency_window) if latency_window > 0 else None
         self._states = [HostState(host) for host in self._parse(hosts)]
         self._strategy = make_strategy(strategy)
         self._strategy.attach(rng)
@@ -175,6 +179,12 @@ class Pool:
         if events:
             self._emit(events)
         return states
+
+    def latency_percentile(self, share: float) -> float | None:
+        """The ``share`` quantile of the pool's recent successful latencies (needs ``latency_window``);
+        None until enough samples are in."""
+        with self._lock:
+            return None if self._recent is None else self._recent.percentile(share)
 
     def __len__(self) -> int:
         """The number of hosts."""
@@ -332,6 +342,8 @@ class Pool:
                 host.consecutive_failures = 0
                 now = self._clock()
                 host.record_latency(now - lease.started_at, now, self._decay)
+                if self._recent is not None:
+                    self._recent.record(now - lease.started_at)
             if self._tracks_load:
                 self._strategy.on_load_change(host)
         if events:
