@@ -77,7 +77,26 @@ class _AsyncLeasedStream(httpx.AsyncByteStream):
             self._lease.release(failed=self._failed)
 
 
-class LoadBalancingTransport(httpx.BaseTransport):
+class _Balancing:
+    """What both transports show of their balancer."""
+
+    _balancer: _Balancer
+
+    @property
+    def pool(self) -> Pool:
+        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
+        return self._balancer.pool
+
+    @property
+    def service(self) -> str:
+        """The host name that marks this transport's pool requests."""
+        return self._balancer.service
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} service={self.service!r} {self.pool!r}>"
+
+
+class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
     """An httpx transport that spreads the requests for ``service`` over ``hosts``.
 
     Mount it on any client: ``httpx.Client(mounts={"all://users": LoadBalancingTransport(hosts,
@@ -117,15 +136,6 @@ class LoadBalancingTransport(httpx.BaseTransport):
         self._closed = False
         config = self._balancer.health_check
         self._checker = None if config is None else ThreadedHealthChecker(self._balancer.pool, config, self.service)
-
-    @property
-    def pool(self) -> Pool:
-        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
-        return self._balancer.pool
-
-    @property
-    def service(self) -> str:
-        return self._balancer.service
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -189,11 +199,8 @@ class LoadBalancingTransport(httpx.BaseTransport):
                 self._checker.stop()
             self._inner.close()
 
-    def __repr__(self) -> str:
-        return f"<LoadBalancingTransport service={self.service!r} {self.pool!r}>"
 
-
-class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
+class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
     """The async twin of :class:`LoadBalancingTransport`, on asyncio or trio. Active health checks run as
     an anyio task while the transport (or the client holding it) is open as an async context manager.
 
@@ -230,15 +237,6 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
         self._closed = False
         config = self._balancer.health_check
         self._checker = None if config is None else AsyncHealthChecker(self._balancer.pool, config, self.service)
-
-    @property
-    def pool(self) -> Pool:
-        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
-        return self._balancer.pool
-
-    @property
-    def service(self) -> str:
-        return self._balancer.service
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -367,6 +365,3 @@ class AsyncLoadBalancingTransport(httpx.AsyncBaseTransport):
             if self._checker is not None:
                 await self._checker.stop()
             await self._inner.aclose()
-
-    def __repr__(self) -> str:
-        return f"<AsyncLoadBalancingTransport service={self.service!r} {self.pool!r}>"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -31,6 +32,20 @@ def _number(owner: str, name: str, value: object, *, minimum: float = 0.0, allow
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{owner}.{name} must be a number >= {minimum:g}, got {value!r}")
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def _switch(cls: type[ConfigT], value: object, keyword: str, also: str = "") -> ConfigT | None:
+    """A feature keyword as given: a config object, True (its defaults), or None/False (off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    raise ValueError(f"{keyword} must be a {cls.__name__}, {also}True, False or None, got {value!r}")
 
 
 def _integer(owner: str, name: str, value: object, *, minimum: int) -> None:
@@ -144,13 +159,7 @@ class OutlierDetection:
     @classmethod
     def coerce(cls, value: OutlierDetection | bool | None) -> OutlierDetection | None:
         """``outlier_detection=`` as given: a config, True (defaults), or None/False (off)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, OutlierDetection):
-            return value
-        raise ValueError(f"outlier_detection must be an OutlierDetection, True, False or None, got {value!r}")
+        return _switch(cls, value, "outlier_detection")
 
 
 @dataclass(frozen=True)
@@ -181,13 +190,7 @@ class HealthCheck:
     @classmethod
     def coerce(cls, value: HealthCheck | bool | None) -> HealthCheck | None:
         """``health_check=`` as given: a config, True (defaults), or None/False (off)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, HealthCheck):
-            return value
-        raise ValueError(f"health_check must be a HealthCheck, True, False or None, got {value!r}")
+        return _switch(cls, value, "health_check")
 
 
 @dataclass(frozen=True)
@@ -218,12 +221,6 @@ class Hedge:
     @classmethod
     def coerce(cls, value: Hedge | float | bool | None) -> Hedge | None:
         """``hedge=`` as given: a config, seconds of fixed delay, True (the defaults), or None/False."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, Hedge):
-            return value
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return cls(delay=float(value))
-        raise ValueError(f"hedge must be a Hedge, a delay in seconds, True, False or None, got {value!r}")
+        return _switch(cls, value, "hedge", "a delay in seconds, ")
