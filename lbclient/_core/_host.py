@@ -152,6 +152,7 @@ class HostState:
         "healthy",
         "ejected",
         "outstanding",
+        "inflight_started",
         "requests",
         "failures",
         "ewma_latency",
@@ -175,6 +176,8 @@ class HostState:
         self.healthy = True
         self.ejected = False
         self.outstanding = 0
+        #: The sum of the start times of the requests in flight (their mean age is a latency signal).
+        self.inflight_started = 0.0
         self.requests = 0
         self.failures = 0
         self.ewma_latency: float | None = None
@@ -205,6 +208,11 @@ class HostState:
             decayed = self.peak_ewma * w  # peak_ewma_at(now), with the weight computed once
             self.peak_ewma = sample if sample > decayed else decayed * w + sample * (1.0 - w)
         self.last_sample_at = now
+
+    def inflight_age(self, now: float) -> float:
+        """The mean age of the requests in flight, in seconds (0 when none): a host that stopped answering
+        shows here before any response reports it."""
+        return now - self.inflight_started / self.outstanding if self.outstanding else 0.0
 
     def peak_ewma_at(self, now: float, decay: float) -> float:
         """Peak EWMA as of ``now``: it decays toward 0 while no sample arrives, so an idle host is

@@ -308,6 +308,7 @@ class Pool:
                 host = self._untried(exclude) or host
             if host is not None:
                 host.outstanding += 1
+                host.inflight_started += now
                 host.requests += 1
                 if self._tracks_load:
                     self._strategy.on_load_change(host)
@@ -328,6 +329,7 @@ class Pool:
         events: list[PoolEvent] = []
         with self._lock:
             host.outstanding -= 1
+            host.inflight_started = host.inflight_started - lease.started_at if host.outstanding else 0.0
             if failed:
                 host.failures += 1
                 host.consecutive_failures += 1

@@ -414,13 +414,17 @@ class PeakEwma(_TwoChoices):
 
     The peak EWMA jumps to any slower sample at once and decays toward faster ones with the pool's time
     constant (10 s by default); while a host gets no samples its cost decays toward 0, so a host that
-    was slow is probed again later instead of being shunned for good.
+    was slow is probed again later instead of being shunned for good. One addition to Finagle's formula:
+    the latency used is at least the mean age of the host's requests in flight, so a host that suddenly
+    stops answering costs more at once, not only when its first slow answer (or timeout) comes back.
     """
 
     name = "peak_ewma"
 
     def cost(self, host: HostState, now: float) -> float:
-        latency = host.peak_ewma_at(now, self._view.decay) if host.peak_ewma is not None else None
+        if host.peak_ewma is None:
+            return _latency_cost(None, host)
+        latency = max(host.peak_ewma_at(now, self._view.decay), host.inflight_age(now))
         return _latency_cost(latency, host)
 
 

@@ -793,3 +793,24 @@ def test_a_joining_host_is_neither_flooded_nor_starved() -> None:
     picks(pool, 100)
     pool.update([url("a"), url("b"), url("c")])
     assert Counter(picks(pool, 30)) == {"a": 10, "b": 10, "c": 10}
+
+
+def test_peak_ewma_sees_a_host_that_stopped_answering_before_it_answers() -> None:
+    pool, clock = make_pool(["stuck", "busy"], "peak_ewma", seed=5)
+    for _ in range(20):  # both answer in 10 ms
+        lease = pool.acquire()
+        assert lease is not None
+        clock.advance(0.01)
+        lease.release(failed=False)
+    states = by_url(pool)
+    stuck, busy = states["stuck"], states["busy"]
+    held = [pool.acquire(None, exclude=[busy])]
+    clock.advance(1.0)  # the stuck host's one request is 1 s old and has not come back
+    held += [pool.acquire(None, exclude=[stuck]) for _ in range(3)]
+    assert (stuck.outstanding, busy.outstanding) == (1, 3)
+    # By latency x load alone the stuck host (10 ms x 2) looks cheaper than busy (10 ms x 4).
+    new = [pool.acquire() for _ in range(10)]
+    assert all(lease is not None and lease.host is busy for lease in new)
+    for lease in held + new:
+        assert lease is not None
+        lease.abandon()
