@@ -1,35 +1,37 @@
-"""Active health checks: the probers that feed ``Pool.report_check``.
+"""Active health checks: what a check is, and the rounds that feed ``Pool.report_check``.
 
-What a check means (the URL, the verdict, the jittered schedule) is shared; only the loops differ: an
-anyio task in the async transport (asyncio or trio), a daemon thread in the sync one. Both run until
-the transport closes, log and survive their own errors, and leave nothing behind when stopped.
+The check itself (URL, verdict, jittered schedule) is shared; the sync round probes the hosts one after
+another from a :class:`ThreadLoop`, the async round probes them all at once in a :class:`TaskLoop`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 
 import anyio
 import httpx
 
+from ._background import TaskLoop, ThreadLoop
 from ._core import HostState, Pool
 from ._core._config import HealthCheck
 
-__all__ = ["AsyncHealthChecker", "ThreadedHealthChecker"]
+__all__ = ["HealthChecks"]
 
 logger = logging.getLogger("lbclient")
 
 
-class _Checks:
-    """What both probers share: the check URL, the verdict, the schedule."""
+class HealthChecks:
+    """Probes every host of ``pool`` with ``config``; ``thread()`` or ``task()`` makes the loop."""
 
     def __init__(self, pool: Pool, config: HealthCheck, service: str) -> None:
         self.pool = pool
         self.config = config
+        self.name = f"lbclient-health-{service}"
         self.service = service
         self._rng = random.Random()
+        self._transport: httpx.HTTPTransport | None = None
+        self._async_transport: httpx.AsyncHTTPTransport | None = None
 
     def request(self, host: HostState) -> httpx.Request:
         """The check: ``GET`` of the host's base URL (prefix included) plus the check path. Sent straight
@@ -55,85 +57,50 @@ class _Checks:
         """Seconds to the next round: the interval plus up to ``jitter`` of it."""
         return self.config.interval * (1.0 + self._rng.uniform(0.0, self.config.jitter))
 
-    def round_failed(self, exc: Exception) -> None:
-        logger.exception("%s: health check round failed; checks go on: %r", self.service, exc)
+    # -- the sync round, in a thread ------------------------------------------------------------------------
 
+    def thread(self) -> ThreadLoop:
+        return ThreadLoop(self.name, self._round, self._close)
 
-class AsyncHealthChecker:
-    """Probes every host concurrently each round, in an anyio task group that lives from ``start()``
-    (the transport's ``__aenter__``) to ``stop()`` (``aclose``), in the same task."""
+    def _round(self, loop: ThreadLoop) -> float:
+        transport = self._transport = self._transport or httpx.HTTPTransport()
+        for host in self.pool.hosts:
+            if loop.stopping.is_set():
+                break
+            try:
+                response = transport.handle_request(self.request(host))
+                response.close()
+            except Exception as exc:  # noqa: BLE001 - any error fails this host's check, not the round
+                self.report(host, exc)
+            else:
+                self.report(host, response)
+        return self.delay()
 
-    def __init__(self, pool: Pool, config: HealthCheck, service: str) -> None:
-        self._checks = _Checks(pool, config, service)
-        self._group: anyio.abc.TaskGroup | None = None
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
-    async def start(self) -> None:
-        if self._group is not None:
-            return
-        self._group = anyio.create_task_group()
-        await self._group.__aenter__()
-        self._group.start_soon(self._run, name=f"lbclient-health-{self._checks.service}")
+    # -- the async round, in a task ------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
+    def task(self) -> TaskLoop:
+        return TaskLoop(self.name, self._async_round, self._async_close)
 
-    async def _run(self) -> None:
-        checks = self._checks
-        async with httpx.AsyncHTTPTransport() as transport:
-            while True:
-                try:
-                    async with anyio.create_task_group() as group:
-                        for host in checks.pool.hosts:
-                            group.start_soon(self._check, transport, host)
-                except Exception as exc:  # noqa: BLE001 - a background loop logs and survives its own errors
-                    checks.round_failed(exc)
-                await anyio.sleep(checks.delay())
+    async def _async_round(self) -> float:
+        transport = self._async_transport = self._async_transport or httpx.AsyncHTTPTransport()
+        async with anyio.create_task_group() as group:
+            for host in self.pool.hosts:
+                group.start_soon(self._check, transport, host)
+        return self.delay()
 
     async def _check(self, transport: httpx.AsyncHTTPTransport, host: HostState) -> None:
         try:
-            response = await transport.handle_async_request(self._checks.request(host))
+            response = await transport.handle_async_request(self.request(host))
             await response.aclose()
         except Exception as exc:  # noqa: BLE001 - any error fails this host's check, not the round
-            self._checks.report(host, exc)
+            self.report(host, exc)
         else:
-            self._checks.report(host, response)
+            self.report(host, response)
 
-
-class ThreadedHealthChecker:
-    """Probes the hosts from a daemon thread (one round at a time); ``stop()`` wakes and joins it."""
-
-    def __init__(self, pool: Pool, config: HealthCheck, service: str) -> None:
-        self._checks = _Checks(pool, config, service)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lbclient-health-{service}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
-        checks = self._checks
-        with httpx.HTTPTransport() as transport:
-            while not self._stopping.is_set():
-                try:
-                    for host in checks.pool.hosts:
-                        if self._stopping.is_set():
-                            return
-                        self._check(transport, host)
-                except Exception as exc:  # noqa: BLE001 - a background loop logs and survives its own errors
-                    checks.round_failed(exc)
-                self._stopping.wait(checks.delay())
-
-    def _check(self, transport: httpx.HTTPTransport, host: HostState) -> None:
-        try:
-            response = transport.handle_request(self._checks.request(host))
-            response.close()
-        except Exception as exc:  # noqa: BLE001 - any error fails this host's check, not the round
-            self._checks.report(host, exc)
-        else:
-            self._checks.report(host, response)
+    async def _async_close(self) -> None:
+        if self._async_transport is not None:
+            await self._async_transport.aclose()

@@ -16,10 +16,11 @@ import anyio
 import httpx
 import tenacity
 
+from ._background import TaskLoop, ThreadLoop
 from ._balancer import _Balancer, _Exchange
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
-from ._health import AsyncHealthChecker, ThreadedHealthChecker
+from ._health import HealthChecks
 
 __all__ = ["DEFAULT_SERVICE", "AsyncLoadBalancingTransport", "LoadBalancingTransport"]
 
@@ -135,7 +136,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self._closed = False
         config = self._balancer.health_check
-        self._checker = None if config is None else ThreadedHealthChecker(self._balancer.pool, config, self.service)
+        self._loops: list[ThreadLoop] = []
+        if config is not None:
+            self._loops.append(HealthChecks(self._balancer.pool, config, self.service).thread())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -195,8 +198,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._checker is not None:
-                self._checker.stop()
+            for loop in self._loops:
+                loop.stop()
             self._inner.close()
 
 
@@ -236,7 +239,9 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._closed = False
         config = self._balancer.health_check
-        self._checker = None if config is None else AsyncHealthChecker(self._balancer.pool, config, self.service)
+        self._loops: list[TaskLoop] = []
+        if config is not None:
+            self._loops.append(HealthChecks(self._balancer.pool, config, self.service).task())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -355,13 +360,13 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         return chosen
 
     async def __aenter__(self) -> AsyncLoadBalancingTransport:
-        if self._checker is not None:
-            await self._checker.start()
+        for loop in self._loops:
+            await loop.start()
         return self
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._checker is not None:
-                await self._checker.stop()
+            for loop in self._loops:
+                await loop.stop()
             await self._inner.aclose()

@@ -146,14 +146,14 @@ async def test_the_checker_logs_and_survives_its_own_errors(
     caplog.set_level(logging.INFO, logger="lbclient")
     broken, a, b = backends
     a.health_status = 503
-    build = lbclient._health._Checks.request
+    build = lbclient._health.HealthChecks.request
 
     def request(self: Any, host: HostState) -> httpx.Request:
         if host.url == broken.url:
             raise RuntimeError("a bug of ours while building the check")
         return build(self, host)
 
-    monkeypatch.setattr(lbclient._health._Checks, "request", request)
+    monkeypatch.setattr(lbclient._health.HealthChecks, "request", request)
     async with flavor.client([broken.url, a.url, b.url], health_check=FAST_CHECKS) as client:
         host_broken, host_a = client.pool.hosts[:2]
 

@@ -1,0 +1,98 @@
+"""Background loops: a daemon thread for the sync transport, an anyio task for the async one.
+
+A loop repeats a step that returns the seconds until the next one. Both loops log and survive their
+step's errors, stop promptly when asked, and leave nothing behind: the thread is joined, the task group
+is exited in the task that entered it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+__all__ = ["TaskLoop", "ThreadLoop"]
+
+logger = logging.getLogger("lbclient")
+
+#: Seconds before a step that raised runs again.
+ERROR_DELAY = 1.0
+
+
+class ThreadLoop:
+    """Runs ``step(loop)`` in a daemon thread until :meth:`stop`; ``loop.stopping`` tells a long step to
+    cut short. ``cleanup`` runs in the thread when the loop ends."""
+
+    def __init__(
+        self, name: str, step: Callable[[ThreadLoop], float], cleanup: Callable[[], None] | None = None
+    ) -> None:
+        self.name = name
+        self.stopping = threading.Event()
+        self._step = step
+        self._cleanup = cleanup
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    delay = self._step(self)
+                except Exception as exc:
+                    logger.exception("%s: background step failed; it runs again: %r", self.name, exc)
+                    delay = ERROR_DELAY
+                self.stopping.wait(delay)
+        finally:
+            if self._cleanup is not None:
+                self._cleanup()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+class TaskLoop:
+    """Runs ``await step()`` in an anyio task group that lives from :meth:`start` (a transport's
+    ``__aenter__``) to :meth:`stop` (its ``aclose``), in the same task. ``cleanup`` runs when it ends."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[float]],
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._cleanup = cleanup
+        self._group: anyio.abc.TaskGroup | None = None
+
+    async def start(self) -> None:
+        if self._group is not None:
+            return
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._run, name=self.name)
+
+    async def stop(self) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    delay = await self._step()
+                except Exception as exc:
+                    logger.exception("%s: background step failed; it runs again: %r", self.name, exc)
+                    delay = ERROR_DELAY
+                await anyio.sleep(delay)
+        finally:
+            if self._cleanup is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup()
