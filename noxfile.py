@@ -16,6 +16,7 @@ PYTHON = os.environ.get("LBCLIENT_PYTHON") or None  # the running interpreter un
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite: the pure core, then real servers on 127.0.0.1 (asyncio and trio)."""
+    session.run("bash", "scripts/install-test-deps.sh", external=True)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
@@ -42,8 +43,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Overhead against plain httpx in the same run, and pick cost from 10 to 10,000 hosts."""
+    """Overhead against plain httpx in the same run, pick cost from 10 to 10,000 hosts, failover, and
+    AsyncLBClient against httpx through nginx and HAProxy proxies."""
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         session.run("bash", "bench/install-nginx.sh", external=True)
+    if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
+        session.run("bash", "bench/install-haproxy.sh", external=True)
     session.install("-e", ".")
     session.run("python", "-m", "bench", *session.posargs)

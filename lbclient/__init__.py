@@ -31,6 +31,7 @@ from ._core import (
     WeightedRandom,
     WeightedRoundRobin,
 )
+from ._discovery import Discovery, DiscoveryError, DNSDiscovery, FileDiscovery, Resolution
 from ._exceptions import NoAvailableHostError
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
@@ -42,6 +43,10 @@ __all__ = [
     "AsyncLBClient",
     "AsyncLoadBalancingTransport",
     "ConsistentHash",
+    "DNSDiscovery",
+    "Discovery",
+    "DiscoveryError",
+    "FileDiscovery",
     "HealthCheck",
     "Hedge",
     "Host",
@@ -59,6 +64,7 @@ __all__ = [
     "PoolView",
     "PowerOfTwoChoices",
     "RandomChoice",
+    "Resolution",
     "RetryPolicy",
     "RoundRobin",
     "Strategy",

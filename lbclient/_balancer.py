@@ -21,6 +21,7 @@ from . import _urls
 from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
 from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
+from ._discovery import Discovery, Refresher
 from ._exceptions import NoAvailableHostError
 
 __all__ = ["logger"]
@@ -138,6 +139,8 @@ class _Balancer:
         "hedge",
         "budget",
         "hedge_budget",
+        "refresher",
+        "first_refresh",
         "_key_source",
         "_targets",
         "_rng",
@@ -145,7 +148,7 @@ class _Balancer:
 
     def __init__(
         self,
-        hosts: Iterable[HostLike],
+        hosts: Iterable[HostLike] | Discovery,
         *,
         strategy: str | Strategy,
         retries: int | RetryPolicy | None,
@@ -161,6 +164,14 @@ class _Balancer:
         self.health_check = HealthCheck.coerce(health_check)
         self.hedge = Hedge.coerce(hedge)
         self._rng = random.Random()
+        #: Keeps a discovered pool up to date; the transports run it in their background loop.
+        self.refresher: Refresher | None = None
+        self.first_refresh = 0.0
+        if isinstance(hosts, Discovery):
+            self.refresher = Refresher(hosts, lambda: self.pool, self.service)
+            first = self.refresher.first()
+            self.first_refresh = hosts.next_refresh(first.ttl)
+            hosts = first.hosts
         self.pool = Pool(
             hosts,
             strategy,

@@ -14,6 +14,7 @@ import httpx
 
 from . import _urls
 from ._core import DEFAULT_PANIC_THRESHOLD, HealthCheck, Hedge, HostLike, OutlierDetection, Pool, RetryPolicy, Strategy
+from ._discovery import Discovery
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
 __all__ = ["AsyncLBClient", "LBClient"]
@@ -88,7 +89,7 @@ class LBClient(_PoolClient, httpx.Client):
 
     def __init__(
         self,
-        hosts: Iterable[HostLike],
+        hosts: Iterable[HostLike] | Discovery,
         *,
         strategy: str | Strategy = "round_robin",
         retries: int | RetryPolicy | None = 3,
@@ -129,7 +130,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
 
     def __init__(
         self,
-        hosts: Iterable[HostLike],
+        hosts: Iterable[HostLike] | Discovery,
         *,
         strategy: str | Strategy = "round_robin",
         retries: int | RetryPolicy | None = 3,

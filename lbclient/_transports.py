@@ -20,6 +20,7 @@ from ._background import TaskLoop, ThreadLoop
 from ._balancer import _Balancer, _Exchange
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
+from ._discovery import Discovery
 from ._health import HealthChecks
 
 __all__ = ["DEFAULT_SERVICE", "AsyncLoadBalancingTransport", "LoadBalancingTransport"]
@@ -112,7 +113,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     def __init__(
         self,
-        hosts: Iterable[HostLike],
+        hosts: Iterable[HostLike] | Discovery,
         *,
         strategy: str | Strategy = "round_robin",
         retries: int | RetryPolicy | None = 3,
@@ -139,6 +140,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         self._loops: list[ThreadLoop] = []
         if config is not None:
             self._loops.append(HealthChecks(self._balancer.pool, config, self.service).thread())
+        if self._balancer.refresher is not None:
+            self._loops.append(self._balancer.refresher.thread(self._balancer.first_refresh))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -213,7 +216,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        hosts: Iterable[HostLike],
+        hosts: Iterable[HostLike] | Discovery,
         *,
         strategy: str | Strategy = "round_robin",
         retries: int | RetryPolicy | None = 3,
@@ -242,6 +245,8 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         self._loops: list[TaskLoop] = []
         if config is not None:
             self._loops.append(HealthChecks(self._balancer.pool, config, self.service).task())
+        if self._balancer.refresher is not None:
+            self._loops.append(self._balancer.refresher.task(self._balancer.first_refresh))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer

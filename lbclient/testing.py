@@ -30,6 +30,7 @@ Request bodies are read whole, with ``Content-Length`` or chunked.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 import struct
@@ -51,13 +52,13 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, backend: Backend, port: int) -> None:
+    def __init__(self, backend: Backend, address: str, port: int) -> None:
         self.backend = backend
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         #: Set when the server is killed: wakes the handlers that hang.
         self.stopping = threading.Event()
-        super().__init__(("127.0.0.1", port), _Handler)
+        super().__init__((address, port), _Handler)
 
     def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         """Quiet about clients that went away (timeouts, resets); anything else is printed as usual."""
@@ -233,6 +234,7 @@ class Backend:
         self,
         name: str,
         *,
+        address: str = "127.0.0.1",
         port: int = 0,
         status: int = 200,
         delay: float = 0.0,
@@ -255,12 +257,17 @@ class Backend:
         self._counts_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        if not ipaddress.ip_address(address).is_loopback:
+            raise ValueError(f"Backend serves loopback addresses only, got {address!r}")
+        #: Any address of 127.0.0.0/8 works on Linux, so several backends can share a port (as DNS names
+        #: with several A records and one port need).
+        self.address = address
         self.port = port
         self.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -270,7 +277,7 @@ class Backend:
         """Listen (again) on the same port."""
         if self._server is not None:
             return
-        self._server = _Server(self, self.port)
+        self._server = _Server(self, self.address, self.port)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name=f"backend-{self.name}", daemon=True

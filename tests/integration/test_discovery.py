@@ -1,0 +1,269 @@
+"""Discovery against a real DNS server (dnsmasq on a loopback port) and a real hosts file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import lbclient
+from lbclient import DNSDiscovery, FileDiscovery, LBClient
+from lbclient.testing import Backend
+
+from conftest import Flavor, eventually
+
+Fleet = Callable[[int], list[Backend]]
+DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
+
+
+def _free_udp_port() -> int:
+    """A loopback port free for both UDP and TCP (dnsmasq listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free loopback port for dnsmasq")
+
+
+class DNSServer:
+    """dnsmasq answering for ``*.test`` from files this object rewrites."""
+
+    def __init__(self, root: Path, ttl: int = 1) -> None:
+        assert DNSMASQ is not None
+        self.root = root
+        self.port = _free_udp_port()
+        self.hosts_file = root / "hosts"
+        self.ttl = ttl
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, addresses: dict[str, list[str]], srv: list[str] | None = None) -> None:
+        """(Re)start with these A records and ``srv-host=`` lines."""
+        self.stop()
+        self.write(addresses)
+        lines = [
+            f"port={self.port}",
+            "listen-address=127.0.0.1",
+            "bind-interfaces",
+            "no-resolv",
+            "no-hosts",
+            "keep-in-foreground",
+            f"addn-hosts={self.hosts_file}",
+            f"local-ttl={self.ttl}",
+            f"pid-file={self.root / 'pid'}",
+            # As root, dnsmasq would switch to 'nobody', who cannot read pytest's private tmp_path.
+            *(["user=root"] if os.geteuid() == 0 else []),
+            *(f"srv-host={line}" for line in srv or []),
+        ]
+        config = self.root / "dnsmasq.conf"
+        config.write_text("\n".join(lines) + "\n")
+        with (self.root / "dnsmasq.log").open("ab") as log:
+            self.process = subprocess.Popen([DNSMASQ, "-C", str(config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        probe = DNSDiscovery("ready.test", nameservers=["127.0.0.1"], nameserver_port=self.port, timeout=0.2)
+        last: Exception | None = None
+        while True:  # ready when it answers
+            try:
+                probe.resolve()
+                return
+            except lbclient.DiscoveryError as exc:
+                last = exc
+            assert self.process.poll() is None, (self.root / "dnsmasq.log").read_text()
+            assert time.monotonic() < deadline, f"dnsmasq did not start: {last}"
+            time.sleep(0.05)
+
+    def write(self, addresses: dict[str, list[str]]) -> None:
+        """Rewrite the A records and tell dnsmasq to read them again."""
+        records = {"ready.test": ["127.0.0.1"], **addresses}
+        text = "".join(f"{address} {name}\n" for name, values in records.items() for address in values)
+        self.hosts_file.write_text(text)
+        if self.process is not None:
+            self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def discovery(self, name: str, port: int = 80, **kwargs: object) -> DNSDiscovery:
+        return DNSDiscovery(name, port, nameservers=["127.0.0.1"], nameserver_port=self.port, timeout=1.0, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def dns(tmp_path: Path) -> Iterator[DNSServer]:
+    if DNSMASQ is None:
+        if os.environ.get("CI"):
+            pytest.fail("dnsmasq is missing: scripts/install-test-deps.sh should have installed it")
+        pytest.skip("dnsmasq is not installed (scripts/install-test-deps.sh installs it)")
+    server = DNSServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    """Backends on 127.0.0.2, .3, ... sharing one port, as the A records of one name."""
+    started: list[Backend] = []
+
+    def make(count: int) -> list[Backend]:
+        first = Backend("h2", address="127.0.0.2")
+        started.append(first)
+        for index in range(3, count + 2):
+            started.append(Backend(f"h{index}", address=f"127.0.0.{index}", port=first.port))
+        return started[-count:]
+
+    yield make
+    for backend in started:
+        backend.kill()
+
+
+def addresses(backends: list[Backend]) -> list[str]:
+    return [b.address for b in backends]
+
+
+@pytest.mark.anyio
+async def test_hosts_follow_the_dns_records(
+    flavor: Flavor, dns: DNSServer, fleet: Callable[[int], list[Backend]]
+) -> None:
+    h2, h3, h4 = fleet(3)
+    dns.start({"web.test": addresses([h2, h3])})
+    source = dns.discovery("web.test", h2.port, records=("A",), min_interval=0.1, max_interval=0.5)
+    async with flavor.client(source) as client:
+        assert {h.url for h in client.pool.hosts} == {h2.url, h3.url}
+        for _ in range(4):
+            await flavor.get(client, "/x")
+        assert (h2.count(), h3.count()) == (2, 2)
+
+        dns.write({"web.test": addresses([h2, h3, h4])})  # a host added: traffic within a refresh
+        await eventually(lambda: len(client.pool.hosts) == 3, timeout=5, what="the added host in the pool")
+        for _ in range(6):
+            await flavor.get(client, "/x")
+        assert h4.count() >= 1
+
+        dns.write({"web.test": addresses([h3, h4])})  # a host removed: no new requests after the refresh
+        await eventually(lambda: h2.url not in {h.url for h in client.pool.hosts}, timeout=5, what="h2 gone")
+        before = h2.count()
+        for _ in range(6):
+            await flavor.get(client, "/x")
+        assert h2.count() == before
+
+
+@pytest.mark.anyio
+async def test_state_of_hosts_that_stay_is_kept(
+    flavor: Flavor, dns: DNSServer, fleet: Callable[[int], list[Backend]]
+) -> None:
+    h2, h3 = fleet(2)
+    dns.start({"web.test": addresses([h2])})
+    source = dns.discovery("web.test", h2.port, records=("A",), min_interval=0.1, max_interval=0.5)
+    async with flavor.client(source) as client:
+        for _ in range(3):
+            await flavor.get(client, "/x")
+        kept = client.pool.hosts[0]
+        dns.write({"web.test": addresses([h2, h3])})
+        await eventually(lambda: len(client.pool.hosts) == 2, timeout=5, what="h3 added")
+        assert client.pool.hosts[0] is kept
+        assert kept.requests == 3
+
+
+@pytest.mark.anyio
+async def test_an_empty_or_failed_answer_never_empties_the_pool(
+    flavor: Flavor, dns: DNSServer, fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="lbclient")
+    h2, h3 = fleet(2)
+    dns.start({"web.test": addresses([h2, h3])})
+    source = dns.discovery("web.test", h2.port, records=("A",), min_interval=0.1, max_interval=0.5)
+    async with flavor.client(source) as client:
+        dns.write({})  # every record gone
+        await eventually(lambda: "discovery failed" in caplog.text, timeout=5, what="the empty answer logged")
+        assert len(client.pool.hosts) == 2
+        dns.stop()  # the server gone: lookups time out
+        caplog.clear()
+        await eventually(lambda: "discovery failed" in caplog.text, timeout=10, what="the failed lookup logged")
+        assert len(client.pool.hosts) == 2
+        assert (await flavor.get(client, "/x")).status_code == 200
+
+
+def test_srv_records_give_ports_weights_and_priorities(dns: DNSServer) -> None:
+    dns.start(
+        {"a.web.test": ["127.0.0.21"], "b.web.test": ["127.0.0.22"], "c.web.test": ["127.0.0.23"]},
+        srv=[
+            "_http._tcp.web.test,a.web.test,8001,0,10",
+            "_http._tcp.web.test,b.web.test,8002,0,30",
+            "_http._tcp.web.test,c.web.test,8003,1,50",  # a lower priority (higher number): standby
+        ],
+    )
+    answer = dns.discovery("_http._tcp.web.test", records=("SRV",)).resolve()
+    hosts = {lbclient.Host(h).url if isinstance(h, str) else h.url: h for h in answer.hosts}  # type: ignore[union-attr]
+    assert set(hosts) == {"http://127.0.0.21:8001", "http://127.0.0.22:8002"}
+    weights = {url: host.weight for url, host in hosts.items()}  # type: ignore[union-attr]
+    assert weights == {"http://127.0.0.21:8001": 10.0, "http://127.0.0.22:8002": 30.0}
+    assert answer.ttl == 1.0
+
+
+def test_the_record_ttl_drives_the_refresh(dns: DNSServer) -> None:
+    dns.ttl = 3
+    dns.start({"web.test": ["127.0.0.2"]})
+    source = dns.discovery("web.test", records=("A",), min_interval=0.5, max_interval=60)
+    answer = source.resolve()
+    assert answer.ttl == 3.0
+    assert source.next_refresh(answer.ttl) == 3.0
+    assert source.next_refresh(0.0) == 0.5  # bounded below
+    assert source.next_refresh(None) == 60.0
+
+
+def test_a_client_cannot_start_without_hosts(dns: DNSServer) -> None:
+    dns.start({})
+    with pytest.raises(ValueError, match=r"web\.test"):
+        LBClient(dns.discovery("web.test", records=("A",)))
+
+
+@pytest.mark.anyio
+async def test_a_hosts_file_is_followed(flavor: Flavor, tmp_path: Path, backends: list[Backend]) -> None:
+    a, b, c = backends
+    path = tmp_path / "hosts.txt"
+    path.write_text(f"# the users service\n{a.url}\n{b.url} 2\n")
+    async with flavor.client(FileDiscovery(path, min_interval=0.05)) as client:
+        assert [(h.url, h.weight) for h in client.pool.hosts] == [(a.url, 1.0), (b.url, 2.0)]
+        path.write_text(f"{b.url} 2\n{c.url}\n")
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        await eventually(lambda: {h.url for h in client.pool.hosts} == {b.url, c.url}, timeout=5, what="the new file")
+        path.write_text("not a url at all\n")
+        await anyio_sleep(0.3)
+        assert {h.url for h in client.pool.hosts} == {b.url, c.url}
+
+
+async def anyio_sleep(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"name": ""}, "''"),
+        ({"name": "x.test", "port": 0}, "0"),
+        ({"name": "x.test", "scheme": "ftp"}, "ftp"),
+        ({"name": "x.test", "records": ("MX",)}, "MX"),
+        ({"name": "x.test", "min_interval": -1}, "-1"),
+        ({"name": "x.test", "min_interval": 5, "max_interval": 1}, "1"),
+    ],
+)
+def test_bad_discovery_settings_are_refused(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        DNSDiscovery(**kwargs)  # type: ignore[arg-type]
