@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, _demo
+from .sim import main as sim_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,6 +17,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run every strategy against local backends and show the spread")
     _demo.add_arguments(demo)
     demo.set_defaults(run=_demo.run)
+    sim = commands.add_parser("sim", help="the fleet simulator (python -m lbclient.sim --help)", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(run=lambda args: sim_main(args.rest))
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code
