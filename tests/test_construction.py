@@ -49,7 +49,7 @@ def test_base_url_and_service_must_agree() -> None:
 
 def test_client_keywords_reach_the_default_inner_transport() -> None:
     with LBClient(["a:1"], http2=False, limits=httpx.Limits(max_connections=7), verify=False) as client:
-        inner = client._balancer._inner  # the transport the balancer sends through
+        inner = client._balancer._inners.for_host(client.pool.hosts[0])  # what the balancer sends through
         assert isinstance(inner, httpx.HTTPTransport)
         assert inner._pool._max_connections == 7
 
@@ -78,7 +78,7 @@ def test_weights_may_be_any_real_number() -> None:
 
 def test_proxy_keyword_reaches_the_inner_transport() -> None:
     with LBClient(["a:1"], proxy="http://127.0.0.1:9") as client:
-        inner = client._balancer._inner
+        inner = client._balancer._inners.for_host(client.pool.hosts[0])
         assert isinstance(inner, httpx.HTTPTransport)
         assert type(inner._pool).__name__ == "HTTPProxy"
 

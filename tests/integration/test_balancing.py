@@ -277,3 +277,18 @@ async def test_head_and_dot_segments(flavor: Flavor, backends: list[Backend]) ->
         assert head.status_code == 200
         assert head.content == b""
         assert (await flavor.get(client, "./a/../b")).json()["path"] == "/b"
+
+
+async def test_each_host_has_its_own_connection_pool_until_it_leaves(flavor: Flavor, backends: list[Backend]) -> None:
+    a, b, c = backends
+    async with flavor.client([a.url, b.url]) as client:
+        for _ in range(4):
+            await flavor.get(client, "/x")
+        inners = client._balancer._inners
+        first, second = (inners.for_host(h) for h in client.pool.hosts)
+        assert first is not second
+        client.pool.update([b.url, c.url])
+        for _ in range(3):  # once the new host has its transport, the next request retires a's
+            await flavor.get(client, "/x")
+        assert set(inners._per_host) <= {b.url, c.url}
+        assert inners.for_host(client.pool.hosts[0]) is second
