@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only SECTION ...] [--nginx PATH] [--output FILE] [--strict]``."""
+"""``python -m bench [--quick] [--only SECTION ...] [--nginx PATH] [--haproxy PATH] [--output FILE] [--strict]``."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ import lbclient
 from ._failover import failover
 from ._nginx import NginxServer, run_nginx
 from ._overhead import async_overhead, sync_overhead, transport_overhead
+from ._proxies import proxies
 from ._report import Section, render, write_json
 from ._scaling import pick_costs, scaling
 from ._settings import FULL, QUICK, Settings
+from ._tail import tail
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -42,8 +44,13 @@ MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {
     "scaling": scaling,
     "pick": pick_costs,
     "failover": failover,
+    "tail": tail,
 }
-SECTIONS = [*NGINX_SECTIONS, *MEMORY_SECTIONS]
+#: Sections that start their own servers on loopback (nginx backends, nginx and HAProxy as proxies).
+SERVER_SECTIONS: dict[str, Callable[[Settings, str | None, str | None], Section]] = {
+    "proxies": proxies,
+}
+SECTIONS = [*NGINX_SECTIONS, *SERVER_SECTIONS, *MEMORY_SECTIONS]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +58,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests: under a minute")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help=f"among {SECTIONS}")
     parser.add_argument("--nginx", help="the nginx binary (default: $NGINX, PATH, /usr/sbin/nginx)")
+    parser.add_argument("--haproxy", help="the haproxy binary (default: $HAPROXY, PATH, /usr/sbin/haproxy)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results (default: %(default)s)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a ratio is over its bar")
     return parser.parse_args(argv)
@@ -133,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_nginx(args.nginx) as server:
             for name in nginx_sections:
                 sections.append(_timed(name, partial(NGINX_SECTIONS[name], server.url, settings)))
+    for name in (name for name in SERVER_SECTIONS if name in chosen):
+        _require_sniffio()
+        sections.append(_timed(name, partial(SERVER_SECTIONS[name], settings, args.nginx, args.haproxy)))
     for name in (name for name in MEMORY_SECTIONS if name in chosen):
         sections.append(_timed(name, partial(MEMORY_SECTIONS[name], settings)))
     meta = _meta(settings, server, argv, time.perf_counter() - started)
