@@ -46,8 +46,8 @@ def bench(session: nox.Session) -> None:
     """Overhead against plain httpx in the same run, pick cost from 10 to 10,000 hosts, failover, and
     AsyncLBClient against httpx through nginx and HAProxy proxies."""
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
-        session.run("bash", "bench/install-nginx.sh", external=True)
+        session.run("bash", "bench/install-server.sh", "nginx", "nginx-light", "nginx", external=True)
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
-        session.run("bash", "bench/install-haproxy.sh", external=True)
+        session.run("bash", "bench/install-server.sh", "haproxy", "haproxy", external=True)
     session.install("-e", ".")
     session.run("python", "-m", "bench", *session.posargs)

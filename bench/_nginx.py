@@ -79,7 +79,7 @@ def find_nginx(explicit: str | None = None) -> str:
     for candidate in (explicit, os.environ.get("NGINX"), shutil.which("nginx"), *_FALLBACK_PATHS):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise RuntimeError("nginx not found: run `bash bench/install-nginx.sh`, or pass --nginx / set $NGINX")
+    raise RuntimeError("nginx not found: run `nox -s bench` (it installs it), or pass --nginx / set $NGINX")
 
 
 def _free_port() -> int:

@@ -245,7 +245,7 @@ def find_haproxy(explicit: str | None = None) -> str:
     for candidate in (explicit, os.environ.get("HAPROXY"), shutil.which("haproxy"), *_HAPROXY_PATHS):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise RuntimeError("haproxy not found: run `bash bench/install-haproxy.sh`, or pass --haproxy / set $HAPROXY")
+    raise RuntimeError("haproxy not found: run `nox -s bench` (it installs it), or pass --haproxy / set $HAPROXY")
 
 
 def _haproxy_version(binary: str) -> str:
