@@ -319,6 +319,7 @@ class _Exchange:
         "_tried",
         "_seed",
         "_exhausted",
+        "hedge_won",
     )
 
     def __init__(self, balancer: _Balancer, request: httpx.Request) -> None:
@@ -343,6 +344,8 @@ class _Exchange:
         self._tried: list[HostState] = []
         self._seed: httpx.Response | BaseException | None = None
         self._exhausted = False
+        #: Set when one attempt of a hedged pair has won and the other is being cancelled.
+        self.hedge_won = False
 
     @property
     def plan(self) -> RetryPlan | None:
@@ -496,7 +499,11 @@ class _Exchange:
     def failed(self, lease: Lease, exc: BaseException) -> None:
         """An attempt raised: count it against the host when the error is the host's doing."""
         kind = failure_kind(exc)
-        if kind is None or isinstance(exc, httpx.PoolTimeout):
+        if self.hedge_won and not isinstance(exc, Exception):
+            # The loser of a hedge, cancelled by us: its time so far is a lower bound of the host's
+            # latency, and the only news of a slow host the balancer would otherwise never get.
+            lease.release(failed=False)
+        elif kind is None or isinstance(exc, httpx.PoolTimeout):
             lease.abandon()
         else:
             lease.release(failed=True)

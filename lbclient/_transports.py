@@ -357,6 +357,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
                     running += 1
                     group.start_soon(attempt, exchange.hedge_request())
                 await settled.wait()
+                exchange.hedge_won = winner is not None
                 group.cancel_scope.cancel()
         except BaseException:
             for outcome in (winner, *outcomes):

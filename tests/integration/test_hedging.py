@@ -37,6 +37,9 @@ async def test_a_slow_first_attempt_is_overtaken_by_the_hedge(mode: str, make_ba
         await eventually(lambda: all(h.outstanding == 0 for h in client.pool.hosts), what="both leases released")
         states = {h.url: h for h in client.pool.hosts}
         assert states[slow.url].failures == 0  # a cancelled loser is not the host's failure
+        # ...but its time so far tells the balancer the host is slow.
+        assert states[slow.url].ewma_latency is not None
+        assert states[slow.url].ewma_latency >= 0.04
     assert slow.count("GET", "/x") == 1
     assert fast.count("GET", "/x") == 1
 
