@@ -446,7 +446,7 @@ class _Server:
 
 
 class _Client:
-    __slots__ = ("index", "pool", "rng", "budget", "members", "inflight", "cpu_free")
+    __slots__ = ("index", "pool", "rng", "budget", "members", "cpu_free")
 
     def __init__(self, index: int, pool: Pool, rng: random.Random, budget: RetryBudget, members: set[int]) -> None:
         self.index = index
@@ -454,7 +454,6 @@ class _Client:
         self.rng = rng
         self.budget = budget
         self.members = members
-        self.inflight = 0
         #: When the client's CPU (its event loop) is next free.
         self.cpu_free = 0.0
 
@@ -654,7 +653,6 @@ class _Simulation:
         timeout = self.workload.timeout
         key = f"user-{client.rng.getrandbits(32)}" if self.keyed else None
         request = _Request(client, index, self.now, None if timeout is None else self.now + timeout, key)
-        client.inflight += 1
         if self.policy.max_attempts > 1:
             client.budget.record_request()
         self.attempt(request)
@@ -834,7 +832,6 @@ class _Simulation:
             raise RuntimeError(f"request {request.index} ended twice")
         request.done = True
         client = request.client
-        client.inflight -= 1
         self.completed += 1
         if request.index >= self.workload.warmup:
             self.latencies.append(self.now - request.started)
