@@ -23,14 +23,20 @@ ERROR_DELAY = 1.0
 
 
 class ThreadLoop:
-    """Runs ``step(loop)`` in a daemon thread until :meth:`stop`; ``loop.stopping`` tells a long step to
-    cut short. ``cleanup`` runs in the thread when the loop ends."""
+    """Runs ``step(loop)`` in a daemon thread until :meth:`stop`, the first time after ``first_delay``
+    seconds; ``loop.stopping`` tells a long step to cut short. ``cleanup`` runs in the thread at the end."""
 
     def __init__(
-        self, name: str, step: Callable[[ThreadLoop], float], cleanup: Callable[[], None] | None = None
+        self,
+        name: str,
+        step: Callable[[ThreadLoop], float],
+        cleanup: Callable[[], None] | None = None,
+        *,
+        first_delay: float = 0.0,
     ) -> None:
         self.name = name
         self.stopping = threading.Event()
+        self._first_delay = first_delay
         self._step = step
         self._cleanup = cleanup
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -38,6 +44,7 @@ class ThreadLoop:
 
     def _run(self) -> None:
         try:
+            self.stopping.wait(self._first_delay)
             while not self.stopping.is_set():
                 try:
                     delay = self._step(self)
@@ -57,15 +64,19 @@ class ThreadLoop:
 
 class TaskLoop:
     """Runs ``await step()`` in an anyio task group that lives from :meth:`start` (a transport's
-    ``__aenter__``) to :meth:`stop` (its ``aclose``), in the same task. ``cleanup`` runs when it ends."""
+    ``__aenter__``) to :meth:`stop` (its ``aclose``), in the same task, the first time after
+    ``first_delay`` seconds. ``cleanup`` runs when it ends."""
 
     def __init__(
         self,
         name: str,
         step: Callable[[], Awaitable[float]],
         cleanup: Callable[[], Awaitable[None]] | None = None,
+        *,
+        first_delay: float = 0.0,
     ) -> None:
         self.name = name
+        self._first_delay = first_delay
         self._step = step
         self._cleanup = cleanup
         self._group: anyio.abc.TaskGroup | None = None
@@ -85,6 +96,7 @@ class TaskLoop:
 
     async def _run(self) -> None:
         try:
+            await anyio.sleep(self._first_delay)
             while True:
                 try:
                     delay = await self._step()

@@ -23,6 +23,7 @@ from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetect
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
 from ._discovery import Discovery, Refresher
 from ._exceptions import NoAvailableHostError
+from ._health import HealthChecks
 
 __all__ = ["logger"]
 
@@ -82,15 +83,6 @@ def _check_service(service: object) -> str:
     return str(service).lower()
 
 
-def _check_sendable(host: Host) -> None:
-    """Refuse a host URL that httpx could not send a request to (it validates more than the core)."""
-    try:
-        httpx.Request("GET", host.url)
-        _Target(host.url)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
-
-
 def failure_kind(exc: BaseException) -> FailureKind | None:
     """How far a failed attempt got: ``connect`` (never reached a server), ``sent`` (may have), or None
     for errors that say nothing about the host (bad URL, a body error on our side, cancellation)."""
@@ -139,8 +131,7 @@ class _Balancer:
         "hedge",
         "budget",
         "hedge_budget",
-        "refresher",
-        "first_refresh",
+        "chores",
         "_key_source",
         "_targets",
         "_rng",
@@ -164,14 +155,11 @@ class _Balancer:
         self.health_check = HealthCheck.coerce(health_check)
         self.hedge = Hedge.coerce(hedge)
         self._rng = random.Random()
-        #: Keeps a discovered pool up to date; the transports run it in their background loop.
-        self.refresher: Refresher | None = None
-        self.first_refresh = 0.0
+        self._targets: dict[str, _Target] = {}
+        refresher = None
         if isinstance(hosts, Discovery):
-            self.refresher = Refresher(hosts, lambda: self.pool, self.service)
-            first = self.refresher.first()
-            self.first_refresh = hosts.next_refresh(first.ttl)
-            hosts = first.hosts
+            refresher = Refresher(hosts, lambda: self.pool, self.service)
+            hosts = refresher.first()
         self.pool = Pool(
             hosts,
             strategy,
@@ -183,7 +171,7 @@ class _Balancer:
             health_check=self.health_check,
             slow_start=slow_start,
             listener=_log_event(self.service),
-            host_check=_check_sendable,
+            host_check=self._check_sendable,
             latency_window=1024 if self.hedge is not None and self.hedge.delay is None else 0,
         )
         self.budget = RetryBudget(
@@ -198,7 +186,12 @@ class _Balancer:
             ratio, window = self.hedge.budget_ratio, self.hedge.budget_window
             self.hedge_budget = RetryBudget(ratio, 0.0, window, clock=time.monotonic, lock=threading.Lock())
         self._key_source = self.pool.strategy.key_source
-        self._targets: dict[str, _Target] = {}
+        #: What the transports run in the background: health checks, and refreshes of a discovered pool.
+        self.chores: list[HealthChecks | Refresher] = []
+        if self.health_check is not None:
+            self.chores.append(HealthChecks(self.pool, self.health_check, self.service))
+        if refresher is not None:
+            self.chores.append(refresher)
 
     def owns(self, request: httpx.Request) -> bool:
         """A pool request names the service as its host; anything else passes through."""
@@ -213,6 +206,15 @@ class _Balancer:
         if self._key_source == "path":
             return request.url.path
         return None
+
+    def _check_sendable(self, host: Host) -> None:
+        """Refuse a host URL that httpx could not send a request to (it validates more than the core);
+        the parts prepared on the way are kept for the requests."""
+        try:
+            httpx.Request("GET", host.url)
+            self._targets[host.url] = _Target(host.url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
 
     def target(self, host: HostState) -> _Target:
         target = self._targets.get(host.url)
@@ -538,10 +540,13 @@ class _Exchange:
             return kind is not None and plan.retry_failure(kind)
         return plan.retry_status(outcome.status_code, _retry_after(outcome))
 
-    def seed(self, outcome: httpx.Response | BaseException) -> None:
-        """Hand the first attempt's outcome to the retry loop, which replays it as its attempt 1: the
-        loop (about 20 us) is only built for requests that need a retry."""
-        self._seed = outcome
+    def retries_after(self, first: httpx.Response | BaseException) -> bool:
+        """Does the first attempt's outcome call for a retry? If so it is kept for the retry loop, which
+        replays it as its attempt 1: the loop (about 20 us) is only built for requests that need it."""
+        if not self.should_retry(first):
+            return False
+        self._seed = first
+        return True
 
     def take_seed(self) -> httpx.Response | None:
         seed, self._seed = self._seed, None

@@ -256,6 +256,7 @@ class Refresher:
         self._pool_of = pool_of
         self.name = f"lbclient-discovery-{service}"
         self.service = service
+        self._first_delay = discovery.min_interval
 
     def apply(self, answer: Resolution | BaseException) -> float:
         """Update the pool with a good answer; keep the hosts (and log) otherwise. Returns the delay."""
@@ -269,34 +270,24 @@ class Refresher:
             return self.discovery.min_interval
         return self.discovery.next_refresh(answer.ttl)
 
-    def first(self) -> Resolution:
-        """The answer a pool starts from; a failure here is the caller's error to see."""
+    def first(self) -> Sequence[HostLike]:
+        """The hosts a pool starts from; a failure here is the caller's error to see. The loops refresh
+        after this answer's TTL."""
         try:
-            return self.discovery.resolve()
+            answer = self.discovery.resolve()
         except Exception as exc:
             raise ValueError(f"discovery {self.discovery!r} found no hosts to start with: {exc}") from exc
+        self._first_delay = self.discovery.next_refresh(answer.ttl)
+        return answer.hosts
 
-    def thread(self, first_delay: float) -> ThreadLoop:
-        delays = iter([first_delay])
+    def thread(self) -> ThreadLoop:
+        return ThreadLoop(self.name, lambda _loop: self._resolve_and_apply(), first_delay=self._first_delay)
 
-        def step(loop: ThreadLoop) -> float:
-            delay = next(delays, None)
-            if delay is not None:
-                return delay  # the first answer was applied when the pool was built
-            return self._resolve_and_apply()
-
-        return ThreadLoop(self.name, step)
-
-    def task(self, first_delay: float) -> TaskLoop:
-        delays = iter([first_delay])
-
+    def task(self) -> TaskLoop:
         async def step() -> float:
-            delay = next(delays, None)
-            if delay is not None:
-                return delay
             return await anyio.to_thread.run_sync(self._resolve_and_apply)
 
-        return TaskLoop(self.name, step)
+        return TaskLoop(self.name, step, first_delay=self._first_delay)
 
     def _resolve_and_apply(self) -> float:
         try:

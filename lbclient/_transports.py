@@ -17,12 +17,10 @@ import anyio
 import httpx
 import tenacity
 
-from ._background import TaskLoop, ThreadLoop
 from ._balancer import _Balancer, _Exchange, _Inners
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
-from ._health import HealthChecks
 
 __all__ = ["DEFAULT_SERVICE", "AsyncLoadBalancingTransport", "LoadBalancingTransport"]
 
@@ -140,12 +138,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         options = dict(transport_options or {})
         self._inners = _Inners(transport, lambda: httpx.HTTPTransport(**options))
         self._closed = False
-        config = self._balancer.health_check
-        self._loops: list[ThreadLoop] = []
-        if config is not None:
-            self._loops.append(HealthChecks(self._balancer.pool, config, self.service).thread())
-        if self._balancer.refresher is not None:
-            self._loops.append(self._balancer.refresher.thread(self._balancer.first_refresh))
+        self._loops = [chore.thread() for chore in self._balancer.chores]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -158,13 +151,11 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             try:
                 response = self._attempt(exchange)
             except Exception as exc:
-                if not exchange.should_retry(exc):
+                if not exchange.retries_after(exc):
                     raise
-                exchange.seed(exc)
             else:
-                if not exchange.should_retry(response):
+                if not exchange.retries_after(response):
                     return response
-                exchange.seed(response)
             retrying = tenacity.Retrying(**exchange.retrying_options(time.sleep))
             result: httpx.Response = retrying(self._replay_or_attempt, exchange)
             return result
@@ -250,12 +241,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         options = dict(transport_options or {})
         self._inners = _Inners(transport, lambda: httpx.AsyncHTTPTransport(**options))
         self._closed = False
-        config = self._balancer.health_check
-        self._loops: list[TaskLoop] = []
-        if config is not None:
-            self._loops.append(HealthChecks(self._balancer.pool, config, self.service).task())
-        if self._balancer.refresher is not None:
-            self._loops.append(self._balancer.refresher.task(self._balancer.first_refresh))
+        self._loops = [chore.task() for chore in self._balancer.chores]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -268,13 +254,11 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             try:
                 response = await self._first(exchange)
             except Exception as exc:
-                if not exchange.should_retry(exc):
+                if not exchange.retries_after(exc):
                     raise
-                exchange.seed(exc)
             else:
-                if not exchange.should_retry(response):
+                if not exchange.retries_after(response):
                     return response
-                exchange.seed(response)
             retrying = tenacity.AsyncRetrying(**exchange.retrying_options(anyio.sleep))
             result: httpx.Response = await retrying(self._replay_or_attempt, exchange)
             return result

@@ -201,6 +201,7 @@ class Pool:
 
     @property
     def clock(self) -> Callable[[], float]:
+        """The clock the pool reads (seconds, monotonic)."""
         return self._clock
 
     # -- changing the host set and health -----------------------------------------------------------------
@@ -425,7 +426,7 @@ class Pool:
 
     def _rebuild(self) -> None:
         members = tuple(s for s in self._states if s.weight > 0)
-        available = tuple(s for s in members if s.healthy and not s.ejected)
+        available = tuple(s for s in members if s.available)
         panic = len(available) < self._panic_threshold * len(members)
         if panic != self._panic:
             self._panic = panic
