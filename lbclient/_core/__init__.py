@@ -7,7 +7,7 @@ a simulator on a fake clock.
 
 from ._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._hashing import hash64
-from ._host import Host, HostLike, HostState
+from ._host import PEAK_RELAX, Host, HostLike, HostState
 from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, Lease, Pool, PoolEvent
 from ._strategies import (
     STRATEGIES,
@@ -32,6 +32,7 @@ from ._strategies import (
 __all__ = [
     "DEFAULT_EWMA_DECAY",
     "DEFAULT_PANIC_THRESHOLD",
+    "PEAK_RELAX",
     "STRATEGIES",
     "ConsistentHash",
     "EventKind",

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Host", "HostLike", "HostState", "parse_hosts"]
+__all__ = ["PEAK_RELAX", "Host", "HostLike", "HostState", "parse_hosts"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9_.-]*[a-z0-9])?")
+#: Time constant (seconds) with which a host's peak latency relaxes back toward its EWMA.
+PEAK_RELAX = 0.3
 
 
 def _normalize_url(raw: object) -> str:
@@ -138,7 +140,8 @@ class HostState:
 
     Read it through ``pool.hosts``; the pool mutates it under its lock. ``ewma_latency`` is a
     time-decayed moving average of response latency in seconds (``None`` until the first response);
-    ``peak_ewma`` is the same average but jumps up to any slower sample at once (Finagle's peak EWMA).
+    ``peak_ewma`` jumps up to any slower sample at once and relaxes back toward ``ewma_latency`` within
+    about ``PEAK_RELAX`` seconds (a host that turned slow costs more at once; one stall is soon forgotten).
     ``effective_weight`` is ``weight`` scaled down while the host ramps up after joining or returning
     (slow start); weighted strategies use it. ``ejected_until`` is the monotonic time at which an
     ejected host returns; ``ejections`` counts its recent ejections (the back-off multiplier).
@@ -158,6 +161,7 @@ class HostState:
         "ewma_latency",
         "peak_ewma",
         "last_sample_at",
+        "latency_samples",
         "consecutive_failures",
         "ejections",
         "ejected_until",
@@ -183,6 +187,8 @@ class HostState:
         self.ewma_latency: float | None = None
         self.peak_ewma: float | None = None
         self.last_sample_at = 0.0
+        #: Latency samples folded in so far.
+        self.latency_samples = 0
         self.consecutive_failures = 0
         self.ejections = 0
         self.ejected_until: float | None = None
@@ -199,14 +205,24 @@ class HostState:
         return self.weight > 0 and self.healthy and not self.ejected
 
     def record_latency(self, sample: float, now: float, decay: float) -> None:
-        """Fold one latency sample into both averages; ``decay`` is the time constant in seconds."""
+        """Fold one latency sample into both averages; ``decay`` is the EWMA's time constant in seconds.
+
+        Finagle and Linkerd keep one value that jumps to a slower sample and then decays with the EWMA's
+        10 s: one client-side stall (a GC pause, a busy event loop) then makes a fast host look as slow as
+        a really slow one for tens of seconds. Here the peak relaxes toward the EWMA on its own, shorter
+        time constant, while the EWMA itself keeps the 10 s memory.
+        """
+        self.latency_samples += 1
         if self.ewma_latency is None or self.peak_ewma is None:
             self.ewma_latency = self.peak_ewma = sample
         else:
-            w = math.exp(-max(now - self.last_sample_at, 0.0) / decay)
-            self.ewma_latency = self.ewma_latency * w + sample * (1.0 - w)
-            decayed = self.peak_ewma * w  # peak_ewma_at(now), with the weight computed once
-            self.peak_ewma = sample if sample > decayed else decayed * w + sample * (1.0 - w)
+            elapsed = max(now - self.last_sample_at, 0.0)
+            # Until a host has a time constant's worth of samples, the plain mean of its samples: else the
+            # first one (often with a connection set-up in it) would weigh for ~10 s however many follow.
+            share = max(-math.expm1(-elapsed / decay), 1.0 / self.latency_samples)
+            ewma = self.ewma_latency = self.ewma_latency + (sample - self.ewma_latency) * share
+            relaxed = ewma + (self.peak_ewma - ewma) * math.exp(-elapsed / PEAK_RELAX)
+            self.peak_ewma = max(sample, relaxed)
         self.last_sample_at = now
 
     def inflight_age(self, now: float) -> float:
@@ -215,11 +231,16 @@ class HostState:
         return now - self.inflight_started / self.outstanding if self.outstanding else 0.0
 
     def peak_ewma_at(self, now: float, decay: float) -> float:
-        """Peak EWMA as of ``now``: it decays toward 0 while no sample arrives, so an idle host is
-        probed again after a while instead of being shunned forever (Finagle's PeakEwma)."""
-        if self.peak_ewma is None:
+        """Peak EWMA as of ``now``: relaxed toward the EWMA, and the whole decaying toward 0 (time constant
+        ``decay``) while no sample arrives, so that a host shunned as slow is probed again after a while
+        instead of being shunned forever (Finagle's PeakEwma decays to 0 the same way)."""
+        if self.peak_ewma is None or self.ewma_latency is None:
             return 0.0
-        return self.peak_ewma * math.exp(-max(now - self.last_sample_at, 0.0) / decay)
+        elapsed = max(now - self.last_sample_at, 0.0)
+        if not elapsed:
+            return self.peak_ewma
+        relaxed = self.ewma_latency + (self.peak_ewma - self.ewma_latency) * math.exp(-elapsed / PEAK_RELAX)
+        return relaxed * math.exp(-elapsed / decay)
 
     def __repr__(self) -> str:
         flags = [] if self.healthy else ["unhealthy"]

@@ -412,11 +412,12 @@ class PowerOfTwoChoices(_TwoChoices):
 class PeakEwma(_TwoChoices):
     """P2C on peak-EWMA latency x (in-flight + 1) / weight, as Finagle's and Linkerd's balancers.
 
-    The peak EWMA jumps to any slower sample at once and decays toward faster ones with the pool's time
-    constant (10 s by default); while a host gets no samples its cost decays toward 0, so a host that
-    was slow is probed again later instead of being shunned for good. One addition to Finagle's formula:
-    the latency used is at least the mean age of the host's requests in flight, so a host that suddenly
-    stops answering costs more at once, not only when its first slow answer (or timeout) comes back.
+    The peak jumps to any slower sample at once and relaxes back toward the host's EWMA (time constant
+    10 s by default) within about a second, so one stall is soon forgotten while a host that stays slow
+    keeps re-raising it; while a host gets no samples its cost decays toward 0, so a host that was slow
+    is probed again later instead of being shunned for good. The latency used is at least the mean age
+    of the host's requests in flight, so a host that suddenly stops answering costs more at once, not
+    only when its first slow answer (or timeout) comes back.
     """
 
     name = "peak_ewma"

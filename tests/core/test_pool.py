@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from lbclient._core import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, STRATEGIES, Pool, RoundRobin
+from lbclient._core import (
+    DEFAULT_EWMA_DECAY,
+    DEFAULT_PANIC_THRESHOLD,
+    PEAK_RELAX,
+    STRATEGIES,
+    HostState,
+    Pool,
+    RoundRobin,
+)
 
 
 class FakeClock:
@@ -86,14 +94,13 @@ def test_latency_comes_from_the_injected_clock() -> None:
     lease.release(failed=False)
     assert state.ewma_latency == pytest.approx(0.25, abs=1e-12)
     assert state.peak_ewma == pytest.approx(0.25, abs=1e-12)
-    # a second sample 5 s later is folded in with weight 1 - exp(-5 / 10)
+    # a second sample 5 s later is folded in with weight max(1 - exp(-5 / 10), 1 / 2): the plain mean
     clock.advance(4.95)
     lease = pool.acquire()
     assert lease is not None
     clock.advance(0.05)
     lease.release(failed=False)
-    w = math.exp(-0.5)
-    assert state.ewma_latency == pytest.approx(0.25 * w + 0.05 * (1 - w))
+    assert state.ewma_latency == pytest.approx((0.25 + 0.05) / 2)
     # peak EWMA: a faster sample pulls the peak down, but not below the sample
     assert state.peak_ewma is not None
     assert 0.05 < state.peak_ewma < 0.25
@@ -105,21 +112,56 @@ def test_latency_comes_from_the_injected_clock() -> None:
     assert state.peak_ewma == pytest.approx(2.0)
     assert state.ewma_latency is not None
     assert state.ewma_latency < 2.0
-    # and the peak decays toward 0 while no sample arrives
-    assert state.peak_ewma_at(clock.now + 10.0, 10.0) == pytest.approx(2.0 / math.e)
+    # the peak relaxes toward the EWMA within about PEAK_RELAX, the whole toward 0 within the decay
+    ewma = state.ewma_latency
+    assert state.peak_ewma_at(clock.now, 10.0) == pytest.approx(2.0)
+    later = state.peak_ewma_at(clock.now + PEAK_RELAX, 10.0)
+    relaxed = ewma + (2.0 - ewma) / math.e
+    assert later == pytest.approx(relaxed * math.exp(-PEAK_RELAX / 10.0))
+    assert state.peak_ewma_at(clock.now + 10.0, 10.0) == pytest.approx(ewma / math.e, rel=1e-3)
+
+
+def _samples(pool: Pool, clock: FakeClock, latencies: list[float], gap: float = 0.0) -> HostState:
+    """Sends one request per latency through a one-host pool, ``gap`` seconds apart; returns the host."""
+    for latency in latencies:
+        lease = pool.acquire()
+        assert lease is not None
+        clock.advance(latency)
+        lease.release(failed=False)
+        clock.advance(gap)
+    return pool.hosts[0]
 
 
 def test_ewma_time_constant_is_configurable() -> None:
     slow, slow_clock = make_pool(["a"], ewma_decay=1000.0)
     fast, fast_clock = make_pool(["a"], ewma_decay=0.001)
     for pool, clock in ((slow, slow_clock), (fast, fast_clock)):
-        for latency in (1.0, 0.1):
-            lease = pool.acquire()
-            assert lease is not None
-            clock.advance(latency)
-            lease.release(failed=False)
+        _samples(pool, clock, [1.0] * 100 + [0.1])
     assert slow.hosts[0].ewma_latency == pytest.approx(1.0, abs=0.01)
     assert fast.hosts[0].ewma_latency == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_slow_first_sample_does_not_outweigh_the_samples_after_it() -> None:
+    """A first request with a connection set-up in it must not weigh for a whole time constant: until the
+    host has that much history, its EWMA is the plain mean of its samples."""
+    pool, clock = make_pool(["a"], ewma_decay=10.0)
+    state = _samples(pool, clock, [0.100] + [0.005] * 99, gap=0.001)
+    assert state.ewma_latency == pytest.approx((0.100 + 99 * 0.005) / 100)
+
+
+def test_a_latency_spike_is_forgotten_within_a_second_but_a_slow_host_stays_slow() -> None:
+    spiked, spiked_clock = make_pool(["a"], ewma_decay=10.0)
+    state = _samples(spiked, spiked_clock, [0.005] * 200 + [0.120], gap=0.001)
+    assert state.peak_ewma == pytest.approx(0.120)  # the spike counts at once
+    state = _samples(spiked, spiked_clock, [0.005] * 200, gap=0.001)  # ~1.2 s of normal answers
+    assert state.peak_ewma is not None
+    assert state.peak_ewma < 0.009
+    slowed, slowed_clock = make_pool(["a"], ewma_decay=10.0)
+    state = _samples(slowed, slowed_clock, [0.005] * 200 + [0.120] * 20, gap=0.001)
+    # twenty slow answers in a row moved the EWMA itself: the host still costs over 10x a fast one later
+    assert state.ewma_latency is not None
+    assert state.ewma_latency > 0.020
+    assert state.peak_ewma_at(slowed_clock.now + PEAK_RELAX, 10.0) > 10 * 0.005
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))

@@ -82,8 +82,9 @@ def test_every_request_ends_once_and_every_lease_is_released(strategy: str, loop
     assert sum(result.host_attempts) + sum(result.host_refused) == result.attempts
     assert result.attempts > result.requests  # the failures were retried
     assert result.errors < result.requests
-    if loop == "open":
-        assert result.errors > 0  # some requests ran out of attempts, deadline or budget
+    if loop == "open" and strategy == "round_robin":
+        # some requests ran out of attempts, deadline or budget (peak_ewma may steer clear of them all)
+        assert result.errors > 0
     assert result.p50 <= result.p99 <= result.p999
 
 

@@ -660,8 +660,9 @@ def test_peak_ewma_prefers_the_faster_host_and_probes_the_slow_one_later() -> No
 
 def test_peak_ewma_jumps_to_a_slow_sample() -> None:
     pool, clock = make_pool(["a", "b"], "peak_ewma")
-    serve(pool, clock, {"a": 0.01, "b": 0.02}, 2)
+    serve(pool, clock, {"a": 0.01, "b": 0.02}, 40)
     state = by_url(pool)
+    assert state["a"].latency_samples >= 20
     lease = pool.acquire()
     assert lease is not None
     assert lease.host is state["a"]
