@@ -17,7 +17,7 @@ import anyio
 import httpx
 import tenacity
 
-from ._balancer import _Balancer, _Exchange, _Inners
+from ._balancer import _Balancer, _Exchange, _Inners, inner_factory
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
@@ -136,7 +136,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             service=service,
         )
         options = dict(transport_options or {})
-        self._inners = _Inners(transport, lambda: httpx.HTTPTransport(**options))
+        self._inners = _Inners(transport, inner_factory(httpx.HTTPTransport, options), options)
         self._closed = False
         self._loops = [chore.thread() for chore in self._balancer.chores]
 
@@ -178,7 +178,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         try:
-            response = self._inners.for_host(lease.host).handle_request(exchange.request)
+            response = self._inners.for_lease(lease).handle_request(exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.SyncByteStream, response.stream)
                 try:
@@ -239,7 +239,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             hedge=hedge,
         )
         options = dict(transport_options or {})
-        self._inners = _Inners(transport, lambda: httpx.AsyncHTTPTransport(**options))
+        self._inners = _Inners(transport, inner_factory(httpx.AsyncHTTPTransport, options), options)
         self._closed = False
         self._loops = [chore.task() for chore in self._balancer.chores]
 
@@ -283,7 +283,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         try:
-            response = await self._inners.for_host(lease.host).handle_async_request(request or exchange.request)
+            response = await self._inners.for_lease(lease).handle_async_request(request or exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.AsyncByteStream, response.stream)
                 try:

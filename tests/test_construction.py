@@ -47,11 +47,35 @@ def test_base_url_and_service_must_agree() -> None:
         LBClient(["a:1"], base_url="http://users:8080")
 
 
-def test_client_keywords_reach_the_default_inner_transport() -> None:
-    with LBClient(["a:1"], http2=False, limits=httpx.Limits(max_connections=7), verify=False) as client:
-        inner = client._balancer._inners.for_host(client.pool.hosts[0])  # what the balancer sends through
-        assert isinstance(inner, httpx.HTTPTransport)
-        assert inner._pool._max_connections == 7
+def _inner_pools(transport: LoadBalancingTransport, count: int) -> list[Any]:
+    """The httpcore pools that ``count`` requests held at once to the first host would go through."""
+    leases = [transport.pool.acquire() for _ in range(count)]
+    inners = [transport._inners.for_lease(lease) for lease in leases if lease is not None]
+    assert all(isinstance(inner, httpx.HTTPTransport) for inner in inners)
+    for lease in leases:
+        assert lease is not None
+        lease.release(failed=False)
+    return [inner._pool for inner in dict.fromkeys(inners)]
+
+
+def test_client_keywords_reach_the_default_inner_transports() -> None:
+    """A host's connections are split into small pools within the client's max_connections."""
+    limits = httpx.Limits(max_connections=7, max_keepalive_connections=2, keepalive_expiry=9.0)
+    with LBClient(["a:1"], limits=limits, verify=False) as client:
+        pools = _inner_pools(client._balancer, 8)
+    assert [pool._max_connections for pool in pools] == [4, 3]
+    assert {pool._max_keepalive_connections for pool in pools} == {2}
+    assert {pool._keepalive_expiry for pool in pools} == {9.0}
+    assert all(pool._ssl_context.check_hostname is False for pool in pools)  # verify=False
+    assert len({id(pool._ssl_context) for pool in pools}) == 1  # one TLS context for all
+
+
+def test_http2_keeps_one_connection_pool_per_host() -> None:
+    """HTTP/2 multiplexes requests over one connection: splitting the pool would only add connections."""
+    limits = httpx.Limits(max_connections=7)
+    with LoadBalancingTransport(["a:1"], transport_options={"http2": True, "limits": limits}) as transport:
+        pools = _inner_pools(transport, 8)
+    assert [pool._max_connections for pool in pools] == [7]
 
 
 @pytest.mark.parametrize(
@@ -78,9 +102,8 @@ def test_weights_may_be_any_real_number() -> None:
 
 def test_proxy_keyword_reaches_the_inner_transport() -> None:
     with LBClient(["a:1"], proxy="http://127.0.0.1:9") as client:
-        inner = client._balancer._inners.for_host(client.pool.hosts[0])
-        assert isinstance(inner, httpx.HTTPTransport)
-        assert type(inner._pool).__name__ == "HTTPProxy"
+        (pool,) = _inner_pools(client._balancer, 1)
+        assert type(pool).__name__ == "HTTPProxy"
 
 
 def test_a_host_httpx_cannot_encode_is_refused_at_construction_and_update() -> None:

@@ -71,27 +71,34 @@ def _check_non_negative(name: str, value: object, *, positive: bool = False) -> 
 class Lease:
     """One request's hold on a host, from the pick until it is released (exactly once)."""
 
-    __slots__ = ("host", "started_at", "_pool", "_released")
+    __slots__ = ("host", "started_at", "then", "_pool", "_released")
 
     def __init__(self, pool: Pool, host: HostState, started_at: float) -> None:
         self.host = host
         self.started_at = started_at
+        #: Called once when the lease ends (the transports free the request's inner connection pool slot).
+        self.then: Callable[[], None] | None = None
         self._pool = pool
         self._released = False
 
     def release(self, *, failed: bool) -> None:
         """End the request: in-flight count down; a failure counts toward ejection, a success records
         its latency. Idempotent, so every exit path of a request can call it safely."""
-        if not self._released:
-            self._released = True
-            self._pool._release(self, failed)
+        self._end(failed)
 
     def abandon(self) -> None:
         """End a request that says nothing about the host (cancelled, or failed on our side): only the
         in-flight count goes down."""
+        self._end(None)
+
+    def _end(self, failed: bool | None) -> None:
         if not self._released:
             self._released = True
-            self._pool._release(self, None)
+            try:
+                self._pool._release(self, failed)
+            finally:
+                if self.then is not None:
+                    self.then()
 
 
 class Pool:

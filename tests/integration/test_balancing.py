@@ -285,10 +285,38 @@ async def test_each_host_has_its_own_connection_pool_until_it_leaves(flavor: Fla
         for _ in range(4):
             await flavor.get(client, "/x")
         inners = client._balancer._inners
-        first, second = (inners.for_host(h) for h in client.pool.hosts)
-        assert first is not second
+        first, second = (inners._per_host[h.url].transports for h in client.pool.hosts)
+        assert len(first) == len(second) == 1  # one request at a time: one connection pool each
+        assert first[0] is not second[0]
         client.pool.update([b.url, c.url])
         for _ in range(3):  # once the new host has its transport, the next request retires a's
             await flavor.get(client, "/x")
         assert set(inners._per_host) <= {b.url, c.url}
-        assert inners.for_host(client.pool.hosts[0]) is second
+        assert inners._per_host[b.url].transports == second
+
+
+def test_concurrent_requests_to_a_host_spread_over_small_connection_pools(backends: list[Backend]) -> None:
+    """httpcore scans all of a pool's connections per request, so a host's connections are split into
+    pools of SUBPOOL_CONNECTIONS; each in-flight response holds its place until its body is closed."""
+    from contextlib import ExitStack
+
+    from lbclient._balancer import SUBPOOL_CONNECTIONS
+
+    held = 2 * SUBPOOL_CONNECTIONS + 1
+    limits = httpx.Limits(max_connections=2 * SUBPOOL_CONNECTIONS + 2)
+    with lbclient.LBClient([backends[0].url], limits=limits) as client, ExitStack() as open_bodies:
+        for _ in range(held):  # chunked bodies of unknown length are not buffered: each keeps its connection
+            response = open_bodies.enter_context(client.stream("GET", "/stream?chunks=2"))
+            assert response.status_code == 200
+        pools = client._balancer._inners._per_host[backends[0].url]
+        assert pools._busy == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 1]
+        # the client's max_connections (10) caps the third pool at 2 connections, and there is no fourth
+        response = open_bodies.enter_context(client.stream("GET", "/stream?chunks=2"))
+        assert response.status_code == 200
+        assert len(pools.transports) == 3
+        assert pools._busy == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 2]
+        open_bodies.close()
+        assert pools._busy == [0, 0, 0]
+        assert client.pool.hosts[0].outstanding == 0
+        assert client.get("/x").status_code == 200
+        assert pools._busy == [0, 0, 0]
