@@ -17,7 +17,7 @@ backends leave the second core to the proxies (a Python delay server would compe
 Contenders, with 64 asyncio tasks sharing one client, all ``trust_env=False`` and the same limits:
 ``AsyncLBClient`` with ``least_connections`` (the subject), ``peak_ewma`` and ``round_robin``;
 ``least_connections`` with one inner ``httpx.AsyncHTTPTransport`` per host (:class:`PerHostTransport`)
-instead of the default single shared one; plain ``httpx.AsyncClient`` to the nginx proxy and to HAProxy.
+instead of the default small pools (below); plain ``httpx.AsyncClient`` to the nginx proxy and to HAProxy.
 
 At 64 tasks httpcore's connection pool (1.0) decides the numbers more than the hop does. A request goes
 through the pool's ``_assign_requests_to_connections`` about 5 times (on arrival, on each lost race, when
@@ -25,18 +25,19 @@ its response closes), and each pass walks the whole connection list: it polls th
 connection (``has_expired``), walks the list again for every idle one (the keep-alive check counts all
 connections, not the idle ones), and twice more per queued request. Requests arriving in the same tick are all
 given the first idle connection; all but one lose the race (``ConnectionNotAvailable``) and pass again.
-A pool per host divides the list by the number of hosts. And as the keep-alive check counts every
-connection, a pool holding more than ``max_keepalive_connections`` closes each connection once idle. So
-there are two regimes, each in its own interleaved rounds:
+A pool per host divides the list by the number of hosts; AsyncLBClient's default goes further and
+splits each host's connections into pools of at most 4 (``SUBPOOL_CONNECTIONS``), made as requests in
+flight need them, so each pass walks at most 4. And as the keep-alive check counts every connection, a
+pool holding more than ``max_keepalive_connections`` closes each connection once idle. So there are two
+regimes, each in its own interleaved rounds:
 
 a. httpx's default limits (100 connections, 20 kept alive), keep-alive expiry raised from 5 s to 60 s so
-   that no client's connections expire while the others run their rounds. AsyncLBClient's shared pool
-   needs more than 20 connections for 3 hosts, so it closes and reopens one for nearly every request:
-   few idle connections to walk, but a TCP connect per request (cheap on loopback; a round trip and a TLS
-   handshake on a network). One-host pools (the proxy clients, each pool of PerHostTransport) keep 20.
+   that no client's connections expire while the others run their rounds. A proxy client's single pool
+   needs 64 connections: above 20 it closes each once idle and reconnects (cheap on loopback; a round
+   trip and a TLS handshake on a network). AsyncLBClient's pools of 4 stay under the keep-alive limit.
 b. one kept-alive connection per task (64 and 64), every client holding all 64 from its first round
-   (:func:`_open_connections`): nobody reconnects; the shared pool walks 64 connections, a pool per host
-   about 21, a proxy client 64.
+   (:func:`_open_connections`): nobody reconnects; a proxy client's pool walks 64 connections, a pool
+   per host about 21, AsyncLBClient's default pools 4.
 
 Per round the wall time gives the throughput; every request's own time gives p50, p99 and p99.9 (pooled
 over the rounds). New TCP connections are counted by the servers (nginx ``stub_status``, HAProxy's
@@ -85,7 +86,7 @@ TIMEOUT = 30.0  # seconds, every client: a slow round is measured, not turned in
 LB = "AsyncLBClient least_connections"
 LB_EWMA = "AsyncLBClient peak_ewma"
 LB_RR = "AsyncLBClient round_robin"
-LB_PER_HOST = "AsyncLBClient least_connections, pool per host"
+LB_PER_HOST = "AsyncLBClient least_connections, one pool per host"
 NGINX = "httpx.AsyncClient -> nginx least_conn"
 HAPROXY = "httpx.AsyncClient -> HAProxy leastconn"
 
@@ -412,7 +413,7 @@ class _Connections:
 
 class PerHostTransport(httpx.AsyncBaseTransport):
     """One ``httpx.AsyncHTTPTransport`` (its own httpcore pool) per scheme, host and port, made on first
-    use with the same keywords: AsyncLBClient with a pool per host instead of its single shared one."""
+    use with the same keywords: AsyncLBClient with one pool per host instead of its default small pools."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -604,14 +605,14 @@ def _per_1k(tally: _Tally, key: str) -> str:
 
 
 def _regime_ratios(section: Section, regime: Regime, stats: dict[str, dict[str, Any]], tasks: int) -> None:
-    """Per regime: AsyncLBClient against each proxy (bars against nginx), the shared pool against a pool
-    per host, and the pool per host against the nginx proxy (the same pool shape as a proxy client's)."""
+    """Per regime: AsyncLBClient against each proxy (bars against nginx), its small pools against one
+    pool per host, and one pool per host against the nginx proxy."""
     prefix = f"6{regime.tag}. x{tasks}"
     pairs = [
         (LB, "LB", NGINX, "nginx proxy", (THROUGHPUT_BAR, P99_BAR)),
         (LB, "LB", HAPROXY, "HAProxy", (None, None)),
-        (LB, "LB shared pool", LB_PER_HOST, "pool per host", (None, None)),
-        (LB_PER_HOST, "LB pool per host", NGINX, "nginx proxy", (None, None)),
+        (LB, "LB small pools", LB_PER_HOST, "one pool per host", (None, None)),
+        (LB_PER_HOST, "LB one pool per host", NGINX, "nginx proxy", (None, None)),
     ]
     for subject_name, subject_label, baseline_name, baseline_label, (throughput_bar, p99_bar) in pairs:
         subject, baseline = stats[subject_name], stats[baseline_name]
@@ -733,8 +734,9 @@ def proxies(settings: Settings, nginx: str | None = None, haproxy: str | None = 
         "less: it waited, for the servers or for a CPU)",
         "new conns/1k req: TCP connections the client opened (to the backends, or to the proxy) per 1,000 requests; "
         "proxy->backend: those the proxy opened; counted by nginx stub_status and HAProxy's stats",
-        f"every client: trust_env=False, timeout {TIMEOUT:g} s; 'pool per host': AsyncLBClient(transport="
-        "PerHostTransport(limits=...)), one httpx.AsyncHTTPTransport per backend instead of one shared",
+        f"every client: trust_env=False, timeout {TIMEOUT:g} s; 'one pool per host': AsyncLBClient(transport="
+        "PerHostTransport(limits=...)), one httpx.AsyncHTTPTransport per backend instead of the default pools of "
+        "at most 4 connections",
     ]
     section.notes.append(
         f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs"
