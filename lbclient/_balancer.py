@@ -112,10 +112,20 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _log_event(service: str) -> Callable[[PoolEvent], None]:
+def _log_event(service: str, on_event: Callable[[PoolEvent], None] | None) -> Callable[[PoolEvent], None]:
+    """Log each event, then hand it to the user's ``on_event``; a failing hook never fails a request or
+    stops a background chore."""
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event must be a callable taking a PoolEvent, got {on_event!r}")
+
     def log(event: PoolEvent) -> None:
         level = _EVENT_LEVELS.get(event.kind, logging.INFO)
         logger.log(level, "%s: %s %s: %s", service, event.kind, event.host or "pool", event.reason)
+        if on_event is not None:
+            try:
+                on_event(event)
+            except Exception:
+                logger.exception("%s: on_event hook %r failed on %s", service, on_event, event)
 
     return log
 
@@ -149,6 +159,7 @@ class _Balancer:
         slow_start: float,
         service: str,
         hedge: Hedge | float | bool | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
     ) -> None:
         self.service = _check_service(service)
         self.retries = RetryPolicy.coerce(retries)
@@ -170,7 +181,7 @@ class _Balancer:
             outlier_detection=OutlierDetection.coerce(outlier_detection),
             health_check=self.health_check,
             slow_start=slow_start,
-            listener=_log_event(self.service),
+            listener=_log_event(self.service, on_event),
             host_check=self._check_sendable,
             latency_window=1024 if self.hedge is not None and self.hedge.delay is None else 0,
         )

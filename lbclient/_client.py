@@ -7,13 +7,23 @@ client's ``base_url`` names that service, so ``client.get("/api")`` is a pool re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
 
 from . import _urls
-from ._core import DEFAULT_PANIC_THRESHOLD, HealthCheck, Hedge, HostLike, OutlierDetection, Pool, RetryPolicy, Strategy
+from ._core import (
+    DEFAULT_PANIC_THRESHOLD,
+    HealthCheck,
+    Hedge,
+    HostLike,
+    OutlierDetection,
+    Pool,
+    PoolEvent,
+    RetryPolicy,
+    Strategy,
+)
 from ._discovery import Discovery
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
@@ -63,6 +73,11 @@ class _PoolClient:
         """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
         return self._balancer.pool
 
+    @property
+    def service(self) -> str:
+        """The host name that marks this client's pool requests (``lbclient.invalid`` unless named)."""
+        return self._balancer.service
+
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         # httpx merges a relative URL onto base_url with copy_with, which parses the URL a second
         # time; every pool request pays it, so merge the parsed parts instead (same result).
@@ -98,6 +113,7 @@ class LBClient(_PoolClient, httpx.Client):
         health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
+        on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -111,6 +127,7 @@ class LBClient(_PoolClient, httpx.Client):
             health_check=health_check,
             panic_threshold=panic_threshold,
             slow_start=slow_start,
+            on_event=on_event,
             transport=inner,
             transport_options=inner_kwargs,
             service=name,
@@ -141,6 +158,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
         hedge: Hedge | float | bool | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -155,6 +173,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             panic_threshold=panic_threshold,
             slow_start=slow_start,
             hedge=hedge,
+            on_event=on_event,
             transport=inner,
             transport_options=inner_kwargs,
             service=name,

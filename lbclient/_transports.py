@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import typing
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -18,7 +18,7 @@ import httpx
 import tenacity
 
 from ._balancer import _Balancer, _Exchange, _Inners, inner_factory
-from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, Strategy
+from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, PoolEvent, Strategy
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
 
@@ -108,7 +108,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
     default), ``health_check`` (off by default; active checks run on a background thread),
-    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README.
+    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``on_event`` is called
+    with every :class:`PoolEvent` (ejections, returns, health changes, panic, hosts added or removed)
+    after it is logged, from the thread where it happened; an exception it raises is logged and dropped.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
+        on_event: Callable[[PoolEvent], None] | None = None,
         transport: httpx.BaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
@@ -133,6 +136,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             health_check=health_check,
             panic_threshold=panic_threshold,
             slow_start=slow_start,
+            on_event=on_event,
             service=service,
         )
         options = dict(transport_options or {})
@@ -223,6 +227,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         slow_start: float = 0.0,
         hedge: Hedge | float | bool | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
@@ -235,6 +240,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             health_check=health_check,
             panic_threshold=panic_threshold,
             slow_start=slow_start,
+            on_event=on_event,
             service=service,
             hedge=hedge,
         )

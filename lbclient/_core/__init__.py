@@ -8,7 +8,7 @@ a simulator on a fake clock.
 from ._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._hashing import hash64
 from ._host import PEAK_RELAX, Host, HostLike, HostState
-from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, Lease, Pool, PoolEvent
+from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, HostStats, Lease, Pool, PoolEvent, PoolStats
 from ._strategies import (
     STRATEGIES,
     ConsistentHash,
@@ -41,6 +41,7 @@ __all__ = [
     "Host",
     "HostLike",
     "HostState",
+    "HostStats",
     "IpHash",
     "KeySource",
     "Lease",
@@ -50,6 +51,7 @@ __all__ = [
     "PeakEwma",
     "Pool",
     "PoolEvent",
+    "PoolStats",
     "PoolView",
     "PowerOfTwoChoices",
     "RandomChoice",

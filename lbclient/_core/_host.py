@@ -164,6 +164,7 @@ class HostState:
         "latency_samples",
         "consecutive_failures",
         "ejections",
+        "times_ejected",
         "ejected_until",
         "returned_at",
         "checks_passed",
@@ -191,6 +192,8 @@ class HostState:
         self.latency_samples = 0
         self.consecutive_failures = 0
         self.ejections = 0
+        #: Ejections since the host joined (``ejections`` is forgiven after a healthy stretch).
+        self.times_ejected = 0
         self.ejected_until: float | None = None
         self.returned_at: float | None = None
         self.checks_passed = 0

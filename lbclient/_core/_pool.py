@@ -14,12 +14,13 @@ objects to a listener, outside its lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cachetools import TLRUCache
 
@@ -28,7 +29,16 @@ from ._host import Host, HostLike, HostState, parse_hosts
 from ._latency import LatencyWindow
 from ._strategies import PoolView, Strategy, make_strategy
 
-__all__ = ["DEFAULT_EWMA_DECAY", "DEFAULT_PANIC_THRESHOLD", "EventKind", "Lease", "Pool", "PoolEvent"]
+__all__ = [
+    "DEFAULT_EWMA_DECAY",
+    "DEFAULT_PANIC_THRESHOLD",
+    "EventKind",
+    "HostStats",
+    "Lease",
+    "Pool",
+    "PoolEvent",
+    "PoolStats",
+]
 
 #: Below this share of available hosts the pool spreads requests over every host (Envoy's 50%).
 DEFAULT_PANIC_THRESHOLD = 0.5
@@ -52,6 +62,38 @@ class PoolEvent:
     kind: EventKind
     host: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """One host at one moment (see :meth:`Pool.stats`). ``requests``, ``failures`` and ``times_ejected``
+    only grow (counters for metrics); ``outstanding`` is the requests in flight; ``ewma_latency`` seconds
+    or None before the first answer."""
+
+    url: str
+    weight: float
+    healthy: bool
+    ejected: bool
+    outstanding: int
+    requests: int
+    failures: int
+    ewma_latency: float | None
+    times_ejected: int
+    consecutive_failures: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A consistent snapshot of a pool: every host's :class:`HostStats`, whether the pool is in panic,
+    and how many hosts take new requests outside panic."""
+
+    hosts: tuple[HostStats, ...]
+    panic: bool
+    available: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dicts and lists, ready for ``json.dumps``."""
+        return dataclasses.asdict(self)
 
 
 def _check_share(name: str, value: object) -> float:
@@ -186,6 +228,30 @@ class Pool:
         if events:
             self._emit(events)
         return states
+
+    def stats(self) -> PoolStats:
+        """A snapshot of every host's counters and state, taken at once under the pool's lock."""
+        hosts = self.hosts  # ends ejections that ran out
+        with self._lock:
+            return PoolStats(
+                tuple(
+                    HostStats(
+                        h.url,
+                        h.weight,
+                        h.healthy,
+                        h.ejected,
+                        h.outstanding,
+                        h.requests,
+                        h.failures,
+                        h.ewma_latency,
+                        h.times_ejected,
+                        h.consecutive_failures,
+                    )
+                    for h in hosts
+                ),
+                self._panic,
+                sum(1 for h in hosts if h.available),
+            )
 
     def latency_percentile(self, share: float) -> float | None:
         """The ``share`` quantile of the pool's recent successful latencies (needs ``latency_window``);
@@ -374,6 +440,7 @@ class Pool:
         if host.returned_at is not None and now - host.returned_at > config.max_ejection_time:
             host.ejections = 0  # a long healthy stretch forgives earlier ejections
         host.ejections += 1
+        host.times_ejected += 1
         duration = min(config.base_ejection_time * host.ejections, config.max_ejection_time)
         duration *= 1.0 + self._rng.uniform(0.0, config.jitter)
         host.ejected = True
