@@ -21,6 +21,7 @@ import httpx
 
 import lbclient
 
+from ._agreement import agreement
 from ._failover import failover
 from ._nginx import NginxServer, run_nginx
 from ._overhead import async_overhead, sync_overhead, transport_overhead
@@ -45,6 +46,7 @@ MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {
     "pick": pick_costs,
     "failover": failover,
     "tail": tail,
+    "agreement": agreement,
 }
 #: Sections that start their own servers on loopback (nginx backends, nginx and HAProxy as proxies).
 SERVER_SECTIONS: dict[str, Callable[[Settings, str | None, str | None], Section]] = {

@@ -162,9 +162,16 @@ class Workload:
     ``start_spread`` seconds of 0 (0: all at once, as a fleet restarted together). ``timeout``: each
     request's overall deadline, retries included (httpx's timeout; also the bound of each attempt).
     ``warmup``: the first requests issued are not measured. ``rtt``: network round trip added to every
-    attempt, refused connections included. ``client_cpu``: seconds of the client's own CPU per attempt,
+    attempt, refused connections included; with ``rtt_sigma`` > 0 each attempt's round trip is drawn from
+    a lognormal of mean ``rtt`` and shape ``rtt_sigma`` (what loopback, the kernel's wake-ups and a
+    server's own handling add is not constant: its tail is what a latency-aware strategy reacts to).
+    ``client_cpu``: seconds of the client's own CPU per attempt,
     half to send it and half to handle its answer, spent one at a time in arrival order (one event loop
     per client): a client that needs more than a second of CPU a second queues its own requests.
+    ``stall_rate``: pauses of each client's event loop a second (a Poisson process: garbage collection,
+    the process waiting for a core on a busy machine), each of an exponential length of mean
+    ``stall_mean`` seconds, during which it neither sends nor handles answers; every request in flight
+    is delayed together, so a latency-aware strategy sees every host slow down at once.
     """
 
     clients: int = 10
@@ -176,8 +183,11 @@ class Workload:
     timeout: float | None = None
     warmup: int = 0
     rtt: float = 0.0
+    rtt_sigma: float = 0.0
     start_spread: float = 0.0
     client_cpu: float = 0.0
+    stall_rate: float = 0.0
+    stall_mean: float = 0.0
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.requests < 1:
@@ -188,6 +198,10 @@ class Workload:
             raise ValueError(f"Workload.rate must be > 0 for an open loop, got {self.rate!r}")
         if self.loop == "closed" and self.concurrency < 1:
             raise ValueError(f"Workload.concurrency must be >= 1 for a closed loop, got {self.concurrency!r}")
+        if not (self.rtt >= 0 and self.rtt_sigma >= 0 and self.client_cpu >= 0):
+            raise ValueError("Workload.rtt, rtt_sigma and client_cpu must be >= 0")
+        if not (self.stall_rate >= 0 and self.stall_mean >= 0):
+            raise ValueError("Workload.stall_rate and stall_mean must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -355,6 +369,7 @@ _MEMBERSHIP = 7  # one client applies a host-set change
 _HEALTH = 8  # one client's round of active health checks
 _START = 9  # a closed-loop client starts
 _RECEIVED = 10  # the client's CPU got to an answer or a refused connection
+_STALL = 11  # a client's event loop stops for a while (a GC pause, the process not scheduled)
 
 #: The status of an attempt whose connection was refused.
 _REFUSED = -1
@@ -509,6 +524,8 @@ class _Simulation:
         self.policy = RetryPolicy.coerce(config.retries)
         #: Client CPU per attempt, spent once to send it and once to handle its answer.
         self.cpu = workload.client_cpu / 2
+        #: Whether sends and answers wait for the client's event loop (its CPU, its stalls).
+        self.queued = bool(workload.client_cpu or (workload.stall_rate and workload.stall_mean))
         self.now = 0.0
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = itertools.count()
@@ -564,6 +581,9 @@ class _Simulation:
         self.window_counts = [0] * len(self.servers)
         self.window_ratios: list[float] = []
         self.measure_started = 0.0
+        # Drawn last, so that adding it left every other generator (and every earlier result) as it was.
+        self.network_rng = random.Random(master.getrandbits(64))
+        self.stall_rng = random.Random(master.getrandbits(64))
 
     def clock(self) -> float:
         return self.now
@@ -585,6 +605,8 @@ class _Simulation:
             if self.config.health_check is not None:
                 check = self.config.health_check
                 self.push(client.rng.uniform(0.0, check.interval), _HEALTH, client)
+            if self.queued and workload.stall_rate:
+                self.push(at + self.stall_rng.expovariate(workload.stall_rate), _STALL, client)
         for change in self.config.changes:
             self.push(change.at, _CHANGE, change)
         self.loop()
@@ -630,6 +652,15 @@ class _Simulation:
             self.on_membership(client, index, present)
         elif kind == _HEALTH:
             self.on_health(payload)
+        elif kind == _STALL:
+            self.on_stall(payload)
+
+    def on_stall(self, client: _Client) -> None:
+        """The client's event loop stops: whatever it would send or handle next waits until it resumes."""
+        workload = self.workload
+        client.cpu_free = max(self.now, client.cpu_free) + self.stall_rng.expovariate(1.0 / workload.stall_mean)
+        if self.completed < self.total:
+            self.push(self.now + self.stall_rng.expovariate(workload.stall_rate), _STALL, client)
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -691,7 +722,7 @@ class _Simulation:
         bound = self.attempt_timeout(request)
         if bound is not None:
             self.push(self.now + bound, _TIMEOUT, attempt)
-        if self.cpu:
+        if self.queued:
             client = request.client
             client.cpu_free = max(self.now, client.cpu_free) + self.cpu
             self.push(client.cpu_free, _SEND, attempt)
@@ -708,7 +739,7 @@ class _Simulation:
             server.refused += self.measuring
             attempt.status = _REFUSED
             if self.workload.rtt:
-                self.push(self.now + self.workload.rtt, _RESPONSE, attempt)
+                self.push(self.now + self.round_trip(), _RESPONSE, attempt)
             else:
                 self.receive(attempt)
             return
@@ -721,6 +752,13 @@ class _Simulation:
                 self.serve(server, attempt)
             else:
                 server.queue.append(attempt)
+
+    def round_trip(self) -> float:
+        workload = self.workload
+        if not workload.rtt_sigma:
+            return workload.rtt
+        sigma = workload.rtt_sigma
+        return self.network_rng.lognormvariate(math.log(workload.rtt) - sigma**2 / 2, sigma)
 
     def attempt_timeout(self, request: _Request) -> float | None:
         """The attempt's timeout: the per-try timeout, within what is left of the request's deadline."""
@@ -750,9 +788,8 @@ class _Simulation:
         while queue and server.busy < server.workers:
             self.serve(server, queue.popleft())
         if attempt.live:
-            rtt = self.workload.rtt
-            if rtt:
-                self.push(self.now + rtt, _RESPONSE, attempt)
+            if self.workload.rtt:
+                self.push(self.now + self.round_trip(), _RESPONSE, attempt)
             else:
                 self.receive(attempt)
 
@@ -760,7 +797,7 @@ class _Simulation:
         """An answer or a refusal reaches the client, which handles it when its CPU gets to it."""
         if not attempt.live:
             return
-        if self.cpu:
+        if self.queued:
             client = attempt.request.client
             client.cpu_free = max(self.now, client.cpu_free) + self.cpu
             self.push(client.cpu_free, _RECEIVED, attempt)
@@ -1356,13 +1393,18 @@ def single_client_configs(
     warmup: int = 400,
     slow_extra: float = SINGLE_EXTRA,
     rtt: float = 0.0,
+    rtt_sigma: float = 0.0,
     client_cpu: float = 0.0,
+    stall_rate: float = 0.0,
+    stall_mean: float = 0.0,
     seed: int = 0,
 ) -> list[SimConfig]:
     """bench's tail scenario for one client: 5 hosts answering after 5 ms, host 2 ``slow_extra`` later
     (0: the all-fast baseline), a closed loop of ``concurrency`` requests, ``warmup`` requests then
-    ``requests`` measured. ``rtt`` and ``client_cpu`` (seconds per request) stand for what the real
-    client, loopback and servers add to the servers' delay."""
+    ``requests`` measured. ``rtt`` (its spread ``rtt_sigma``), ``client_cpu`` (seconds per request) and
+    the client's stalls (``stall_rate``, ``stall_mean``; see :class:`Workload`) stand for what loopback,
+    the servers and the real client add to the servers' delay; ``python -m bench --only agreement``
+    measures them and compares the two."""
     hosts = tuple(
         HostModel(latency=SINGLE_BASE + (slow_extra if i == 2 else 0.0), distribution="constant") for i in range(5)
     )
@@ -1373,7 +1415,10 @@ def single_client_configs(
         concurrency=concurrency,
         warmup=warmup,
         rtt=rtt,
+        rtt_sigma=rtt_sigma,
         client_cpu=client_cpu,
+        stall_rate=stall_rate,
+        stall_mean=stall_mean,
     )
     return [SimConfig(hosts, workload, s, seed=seed, label=f"{s} x{concurrency}") for s in strategies]
 

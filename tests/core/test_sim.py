@@ -268,6 +268,47 @@ def test_a_client_short_of_cpu_queues_its_own_requests() -> None:
     assert busy.p50 == pytest.approx(0.016, rel=0.01)
 
 
+def test_a_spread_round_trip_keeps_its_mean() -> None:
+    hosts = tuple(HostModel(latency=0.005, distribution="constant") for _ in range(5))
+    workload = Workload(clients=1, requests=5_000, loop="closed", concurrency=4, rtt=0.001)
+    fixed = run(SimConfig(hosts, workload))
+    spread = run(SimConfig(hosts, replace(workload, rtt_sigma=1.0)))
+    assert fixed.p50 == pytest.approx(0.006)
+    assert fixed.p99 == pytest.approx(0.006)
+    assert spread.mean == pytest.approx(0.006, rel=0.03)
+    assert spread.p50 < 0.006 < spread.p99
+
+
+def test_event_loop_stalls_delay_every_request_in_flight() -> None:
+    hosts = tuple(HostModel(latency=0.005, distribution="constant") for _ in range(5))
+    workload = Workload(clients=1, requests=5_000, loop="closed", concurrency=8, warmup=500)
+    calm = run(SimConfig(hosts, workload))
+    stalled = run(SimConfig(hosts, replace(workload, stall_rate=20.0, stall_mean=0.010)))
+    assert calm.p99 == pytest.approx(0.005)
+    # 20 pauses of 10 ms a second: a request whose answer comes during one waits for its end.
+    assert stalled.p50 == pytest.approx(0.005)
+    assert stalled.p99 > 0.015
+    assert stalled.mean > 1.1 * calm.mean
+
+
+def test_stalls_send_peak_ewma_to_a_slow_host_more_often() -> None:
+    def share(rate: float, mean: float) -> float:
+        (config,) = single_client_configs(
+            8, strategies=("peak_ewma",), client_cpu=0.0005, stall_rate=rate, stall_mean=mean
+        )
+        result = run(config)
+        return result.host_attempts[2] / sum(result.host_attempts)
+
+    assert share(0.0, 0.0) < 0.002
+    assert share(20.0, 0.008) > 0.005
+
+
+def test_workload_rejects_negative_network_and_stall_figures() -> None:
+    for bad in ({"rtt": -0.001}, {"rtt_sigma": -1.0}, {"stall_rate": -1.0}, {"stall_mean": float("nan")}):
+        with pytest.raises(ValueError, match=">= 0"):
+            Workload(**bad)  # type: ignore[arg-type]
+
+
 def test_a_custom_strategy_runs_in_every_client() -> None:
     made: list[Strategy] = []
 

@@ -1,0 +1,374 @@
+"""Agreement of the fleet simulator with the real client: bench's tail scenario (7a) run for real and in
+``lbclient.sim``, side by side, with the figures the simulator needs measured in the same run.
+
+The real part reuses ``_tail``: five ``Backend`` servers in a child process answering after ``BASE_DELAY``,
+index 2 ``SLOW_EXTRA`` later, one ``AsyncLBClient`` driven by a closed loop of ``tasks`` tasks, a warm-up,
+then the measured GETs (``_one_slow``), for each strategy of ``STRATEGIES`` at each of ``CONCURRENCY``.
+
+What the simulator needs is measured first, on the same five backends with none slowed:
+
+- a calibration run with one task (nothing queues in the client): the client's CPU per request
+  (``time.process_time`` over the run, per GET), and what is left of each latency after the servers'
+  delay and that CPU, which is what loopback, the kernel's wake-ups and the servers' own handling add:
+  its mean is the simulator's ``rtt``, its spread (a lognormal through its median and p75; the tail above
+  is the stalls below, measured apart, so fitting it here would count them twice) ``rtt_sigma``;
+- the same run again with a watcher task on the event loop (sleeps of ``STALL_TICK``; one that wakes
+  more than ``STALL_MIN`` late saw a stall: a GC pause, the process waiting for a core): their rate and
+  mean length are the simulator's ``stall_rate`` and ``stall_mean``. They matter for ``peak_ewma``: a
+  stall makes every fast host's peak jump at once, so the slow host is tried again sooner (with none,
+  the simulator sent it 0.1% of the GETs at 8 tasks where the real client sent it about 1%, and the p99
+  hangs on that 1%);
+- for every measured run, its own CPU per request (the cost per GET falls as the client gets busier:
+  a wake-up of the event loop serves more answers), which the simulator spends as one event loop,
+  a request at a time.
+
+Then ``lbclient.sim.single_client_configs`` runs the same scenario (same requests, warm-up and tasks)
+on the fake clock with those figures, and each p50 and p99 is compared: simulated / real, with the bar
+``BAND`` (the issue's "agree within 20%"). The all-fast runs at each concurrency are shown too, without
+a bar: they check the client-CPU queue the simulator models, where no strategy is involved.
+
+32 tasks are left out: at about 0.5 ms of CPU per GET a 2-core machine's event loop saturates near 16
+(about 1,900 GETs/s), and beyond that the real latencies measure the machine's scheduler (the backends'
+process and whatever else runs share the other core), not the client's queue the simulator models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from lbclient import sim
+
+from ._report import Ratio, Section
+from ._settings import Settings
+from ._tail import (
+    BASE_DELAY,
+    BASELINE,
+    FULL,
+    QUICK,
+    SLOW_EXTRA,
+    SLOW_HOSTS,
+    Farm,
+    Run,
+    TailSettings,
+    _one_slow,
+    percentile,
+)
+
+__all__ = ["agreement"]
+
+STRATEGIES = ("round_robin", "least_connections", "power_of_two_choices", "peak_ewma")
+CONCURRENCY = (8, 16)
+#: Simulated / real within this band passes (the issue's "within 20%").
+BAND = (0.8, 1.2)
+#: The calibration run: one task, so nothing waits for the client's CPU.
+CALIBRATION_TASKS = 1
+CALIBRATION = {"full": (200, 1_000), "quick": (100, 300)}  # (warm-up, measured) GETs
+SLOW = SLOW_HOSTS // 2
+SEED = 0
+#: The stall watcher's sleep, and the lateness beyond which a wake-up counts as a stall (seconds). With one
+#: task the client's own work is about 1 ms of CPU per GET in several callbacks: none takes 2 ms.
+STALL_TICK = 0.001
+STALL_MIN = 0.002
+
+
+@dataclass(frozen=True)
+class Band(Ratio):
+    """A ratio that passes within ``low``..``bar`` (both ends), not only under ``bar``."""
+
+    low: float = BAND[0]
+
+    @property
+    def verdict(self) -> str:
+        if self.bar is None:
+            return ""
+        if self.ratio is None:
+            return "n/a"
+        # "OVER" on both sides: it is the word ``--strict`` looks for.
+        return "ok" if self.low <= self.ratio <= self.bar else "OVER"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "bar_low": self.low}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the simulator takes from the one-task all-fast run (seconds)."""
+
+    requests: int
+    p50: float
+    p99: float
+    cpu_per_request: float
+    rtt: float
+    rtt_sigma: float
+    rtt_p50: float
+    rtt_p75: float
+    rtt_p99: float
+    stalls: int = 0
+    stall_seconds: float = 0.0  # the watched run's length
+    stall_rate: float = 0.0
+    stall_mean: float = 0.0
+
+
+async def _watch(lags: list[float], done: anyio.Event) -> None:
+    """How late each ``STALL_TICK`` sleep wakes, until ``done``."""
+    while not done.is_set():
+        before = time.perf_counter()
+        await anyio.sleep(STALL_TICK)
+        lags.append(time.perf_counter() - before - STALL_TICK)
+
+
+async def _watched(farm: Farm, plan: TailSettings) -> tuple[list[float], float]:
+    """The all-fast run of ``plan`` with the watcher: the stalls longer than ``STALL_MIN``, and seconds."""
+    lags: list[float] = []
+    done = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch, lags, done)
+        started = time.perf_counter()
+        await _one_slow(farm, "round_robin", None, plan)
+        seconds = time.perf_counter() - started
+        done.set()
+    return [lag for lag in lags if lag > STALL_MIN], seconds
+
+
+def with_stalls(calibration: Calibration, stalls: Sequence[float], seconds: float) -> Calibration:
+    return dataclasses.replace(
+        calibration,
+        stalls=len(stalls),
+        stall_seconds=seconds,
+        stall_rate=len(stalls) / seconds,
+        stall_mean=statistics.fmean(stalls) if stalls else 0.0,
+    )
+
+
+def cpu_per_request(run: Run) -> float:
+    """The client process's CPU seconds per GET over the measured part of ``run``."""
+    return run.cpu * run.seconds / run.sent
+
+
+def calibrate(run: Run) -> Calibration:
+    """Fit the simulator's round trip to the one-task run: what each latency has beyond the servers' delay
+    and the client's CPU, as a lognormal through that remainder's median and p75 (its p99 is the event
+    loop's stalls, which the simulator draws apart)."""
+    cpu = cpu_per_request(run)
+    ordered = run.ordered
+    rest = [latency - BASE_DELAY - cpu for latency in ordered]
+    rest_p50, rest_p75, rest_p99 = percentile(rest, 50), percentile(rest, 75), percentile(rest, 99)
+    if rest_p50 <= 0:
+        raise ValueError(
+            f"the one-task median ({ordered[len(ordered) // 2] * 1e3:.3f} ms) is not above the servers' delay plus "
+            f"the client's CPU ({(BASE_DELAY + cpu) * 1e3:.3f} ms): nothing left for the round trip"
+        )
+    sigma = math.log(max(rest_p75, rest_p50) / rest_p50) / statistics.NormalDist().inv_cdf(0.75)
+    return Calibration(
+        requests=run.sent,
+        p50=percentile(ordered, 50),
+        p99=percentile(ordered, 99),
+        cpu_per_request=cpu,
+        rtt=rest_p50 * math.exp(sigma**2 / 2),  # the mean of a lognormal of that median
+        rtt_sigma=sigma,
+        rtt_p50=rest_p50,
+        rtt_p75=rest_p75,
+        rtt_p99=rest_p99,
+    )
+
+
+@dataclass
+class Pair:
+    """One strategy at one concurrency: the real run and the simulator's."""
+
+    tasks: int
+    strategy: str  # a strategy, or BASELINE ("all-fast") for the run with no slow host
+    real: Run
+    simulated: sim.SimResult
+    cpu: float  # the real client's CPU per GET, given to the simulator
+
+    @property
+    def fast(self) -> bool:
+        return self.real.name == BASELINE
+
+    def real_share(self) -> float:
+        return self.real.arrivals[SLOW] / sum(self.real.arrivals)
+
+    def sim_share(self) -> float:
+        return self.simulated.host_attempts[SLOW] / sum(self.simulated.host_attempts)
+
+    def figures(self) -> dict[str, tuple[float, float]]:
+        """(real, simulated) p50 and p99, seconds."""
+        ordered = self.real.ordered
+        return {
+            "p50": (percentile(ordered, 50), self.simulated.p50),
+            "p99": (percentile(ordered, 99), self.simulated.p99),
+        }
+
+
+def _simulate(
+    tasks: int, strategy: str, fast: bool, plan: TailSettings, calibration: Calibration, cpu: float
+) -> sim.SimResult:
+    (config,) = sim.single_client_configs(
+        tasks,
+        strategies=(strategy,),
+        requests=plan.requests,
+        warmup=plan.warmup,
+        slow_extra=0.0 if fast else SLOW_EXTRA,
+        rtt=calibration.rtt,
+        rtt_sigma=calibration.rtt_sigma,
+        client_cpu=cpu,
+        stall_rate=calibration.stall_rate,
+        stall_mean=calibration.stall_mean,
+        seed=SEED,
+    )
+    return sim.run(config)
+
+
+async def _measure(plan: TailSettings, calibration_plan: TailSettings) -> tuple[Calibration, list[tuple[int, Run]]]:
+    """The calibration run, again with the stall watcher, then per concurrency the all-fast run, then with
+    the slow host every strategy at every concurrency. The same backends throughout (connections are per
+    client). The watcher's own wake-ups stay out of the calibration run's CPU and latencies."""
+    runs: list[tuple[int, Run]] = []
+    with Farm([BASE_DELAY] * SLOW_HOSTS) as farm:
+        calibration = calibrate(await _one_slow(farm, "round_robin", None, calibration_plan))
+        calibration = with_stalls(calibration, *await _watched(farm, calibration_plan))
+        for tasks in CONCURRENCY:
+            runs.append((tasks, await _one_slow(farm, "round_robin", None, dataclasses.replace(plan, tasks=tasks))))
+        farm.set_delay(SLOW, BASE_DELAY + SLOW_EXTRA)
+        for tasks in CONCURRENCY:
+            for strategy in STRATEGIES:
+                run = await _one_slow(farm, strategy, SLOW, dataclasses.replace(plan, tasks=tasks))
+                runs.append((tasks, run))
+    return calibration, runs
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def _verdict(ratio: float) -> str:
+    low, high = BAND
+    return "ok" if low <= ratio <= high else ("high" if ratio > high else "low")
+
+
+def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings) -> Section:
+    low, high = BAND
+    section = Section(
+        key="agreement",
+        title=(
+            f"8. Simulator vs real client, tail scenario 7a (5 backends of {BASE_DELAY * 1000:g} ms, index {SLOW} "
+            f"+{SLOW_EXTRA * 1000:g} ms), AsyncLBClient on asyncio; sim / real within {low:g}..{high:g}"
+        ),
+        headers=[
+            "tasks",
+            "strategy",
+            "real p50 ms",
+            "sim p50 ms",
+            "sim/real",
+            "real p99 ms",
+            "sim p99 ms",
+            "sim/real",
+            "slow share real/sim",
+            "CPU/GET ms",
+            "",
+        ],
+    )
+    for pair in pairs:
+        figures = pair.figures()
+        (r50, s50), (r99, s99) = figures["p50"], figures["p99"]
+        ratios = (s50 / r50, s99 / r99)
+        verdicts = "-" if pair.fast else " ".join(_verdict(r) for r in ratios)
+        share = "-" if pair.fast else f"{pair.real_share() * 100:.1f}% / {pair.sim_share() * 100:.1f}%"
+        section.rows.append(
+            [
+                str(pair.tasks),
+                pair.strategy,
+                _ms(r50),
+                _ms(s50),
+                f"{ratios[0]:.2f}",
+                _ms(r99),
+                _ms(s99),
+                f"{ratios[1]:.2f}",
+                share,
+                f"{pair.cpu * 1000:.3f}",
+                verdicts,
+            ]
+        )
+        if pair.fast:
+            continue
+        for name, (real, simulated) in figures.items():
+            section.ratios.append(
+                Band(
+                    f"8. {name} x{pair.tasks} {pair.strategy}: simulated / real (bar {low:g}..{high:g})",
+                    simulated,
+                    real,
+                    simulated / real,
+                    high,
+                )
+            )
+    c = calibration
+    section.notes += [
+        f"{plan.requests:,} GETs per run after {plan.warmup:,} of warm-up; the simulator runs the same numbers, "
+        f"seed {SEED}; 'all-fast' rows (round_robin, no slow host) check the client-CPU queue and have no bar",
+        f"measured for the simulator, one task and no slow host ({c.requests:,} GETs): p50 {_ms(c.p50)} ms, p99 "
+        f"{_ms(c.p99)} ms, client CPU {c.cpu_per_request * 1000:.3f} ms/GET; beyond the servers' "
+        f"{BASE_DELAY * 1000:g} ms and that CPU: median {_ms(c.rtt_p50)} ms, p75 {_ms(c.rtt_p75)} ms, "
+        f"p99 {_ms(c.rtt_p99)} ms -> rtt "
+        f"{_ms(c.rtt)} ms (mean), rtt_sigma {c.rtt_sigma:.3f} (lognormal); event-loop stalls over "
+        f"{STALL_MIN * 1000:g} ms in the same run watched again: {c.stalls} in {c.stall_seconds:.1f} s -> "
+        f"stall_rate {c.stall_rate:.1f}/s, stall_mean {_ms(c.stall_mean)} ms (exponential)",
+        "client_cpu of each simulated run = the real run's own process_time / GETs (the CPU/GET column)",
+        f"{max(CONCURRENCY) * 2} tasks left out: the client's event loop saturates (about 0.5 ms of CPU per GET, "
+        "~1,900 GETs/s at 16 on 2 cores), and past that the real latencies measure the OS scheduler",
+    ]
+    section.data = {
+        "settings": {
+            **dataclasses.asdict(plan),
+            "concurrency": list(CONCURRENCY),
+            "strategies": list(STRATEGIES),
+            "band": list(BAND),
+            "base_delay": BASE_DELAY,
+            "slow_extra": SLOW_EXTRA,
+            "hosts": SLOW_HOSTS,
+            "slow_index": SLOW,
+            "seed": SEED,
+        },
+        "calibration": dataclasses.asdict(calibration),
+        "runs": [
+            {
+                "tasks": pair.tasks,
+                "strategy": pair.strategy,
+                "client_cpu_per_request": pair.cpu,
+                "real": pair.real.summary(None if pair.fast else SLOW),
+                "simulated": {
+                    "p50": pair.simulated.p50,
+                    "p99": pair.simulated.p99,
+                    "p999": pair.simulated.p999,
+                    "host_attempts": pair.simulated.host_attempts,
+                    "simulated_seconds": pair.simulated.simulated_seconds,
+                },
+                "ratios": {name: simulated / real for name, (real, simulated) in pair.figures().items()},
+            }
+            for pair in pairs
+        ],
+    }
+    return section
+
+
+def agreement(settings: Settings) -> Section:
+    plan = QUICK if settings.name == "quick" else FULL
+    warmup, requests = CALIBRATION[settings.name]
+    calibration_plan = dataclasses.replace(plan, tasks=CALIBRATION_TASKS, warmup=warmup, requests=requests)
+    calibration, runs = anyio.run(_measure, plan, calibration_plan, backend="asyncio")
+    pairs = []
+    for tasks, run in runs:
+        fast = run.name == BASELINE
+        strategy = "round_robin" if fast else run.name
+        cpu = cpu_per_request(run)
+        simulated = _simulate(tasks, strategy, fast, plan, calibration, cpu)
+        pairs.append(Pair(tasks, BASELINE if fast else strategy, run, simulated, cpu))
+    return _section(pairs, calibration, plan)
