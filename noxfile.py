@@ -37,7 +37,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Start local backends on loopback and show how each strategy spreads requests."""
-    session.install("-e", ".")
+    session.install("-e", ".[cli]")
     session.run("python", "-m", "lbclient", "demo", *session.posargs)
 
 

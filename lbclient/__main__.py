@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _demo
+from . import __version__, _cli_get, _demo, proxy
 from .sim import main as sim_main
 
 
@@ -14,9 +14,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lbclient", description="Client-side load balancing for httpx.")
     parser.add_argument("--version", action="version", version=f"lbclient {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run every strategy against local backends and show the spread")
+    demo = commands.add_parser("demo", help="live: local backends, one crashes and returns, strategy by strategy")
     _demo.add_arguments(demo)
     demo.set_defaults(run=_demo.run)
+    get = commands.add_parser("get", help="load a pool of real hosts and report requests, errors and latency per host")
+    _cli_get.add_arguments(get)
+    get.set_defaults(run=_cli_get.run)
+    serve = commands.add_parser("proxy", help="a reverse proxy (ASGI, served by uvicorn) in front of a pool")
+    proxy.add_arguments(serve)
+    serve.set_defaults(run=proxy.run)
     sim = commands.add_parser("sim", help="the fleet simulator (python -m lbclient.sim --help)", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(run=lambda args: sim_main(args.rest))

@@ -9,7 +9,10 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
         a.kill()                 # connections refused, open connections reset
 
 Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
-body of N lines), ``/redirect?to=PATH`` (302) and ``/set-cookie?name=N&value=V``.
+body of N lines), ``/redirect?to=PATH`` (302), ``/set-cookie?name=N&value=V``, ``/bytes?n=N`` (N
+bytes 0, 1, ... 255, 0, ... with a Content-Length, written in 64 KiB pieces), ``/sink`` (reads the request
+body without keeping it and answers ``{"id": ..., "received": LENGTH}``) and ``/headers?Name=value&...``
+(an empty answer with these response headers).
 
 Faults, for tests that need servers that really fail (every request is counted when it arrives, before
 any fault, so ``count()`` proves what reached the server)::
@@ -24,7 +27,7 @@ any fault, so ``count()`` proves what reached the server)::
     a.health_pattern = [200, 503]  # /health answers these statuses in turn, cycling (flapping)
 
 ``/health`` only obeys ``health_status`` and ``health_pattern``; the other faults leave it alone.
-Request bodies are read whole, with ``Content-Length`` or chunked.
+Request bodies are read whole (``/sink`` aside), with ``Content-Length`` or chunked.
 """
 
 from __future__ import annotations
@@ -38,13 +41,17 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["Backend"]
+
+_PIECE = 64 * 1024
+#: The bytes that ``/bytes`` answers: 0..255 repeated, so a reader can check every byte.
+_PATTERN = bytes(range(256)) * (_PIECE // 256)
 
 
 class _Server(ThreadingHTTPServer):
@@ -87,24 +94,36 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: tests and the demo print their own summaries."""
 
-    def _read_body(self) -> bytes:
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body in pieces of at most 64 KiB, with ``Content-Length`` or chunked."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass  # trailers
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    return
+                yield from self._exactly(size)
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        yield from self._exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _exactly(self, size: int) -> Iterator[bytes]:
+        while size > 0:
+            piece = self.rfile.read(min(size, _PIECE))
+            if not piece:
+                raise ConnectionError("the client closed the connection in the middle of the body")
+            size -= len(piece)
+            yield piece
+
+    def _read_body(self) -> bytes:
+        return b"".join(self._body_chunks())
 
     def _answer(self) -> None:
         backend = self.server.backend
         url = urlsplit(self.path)
-        body = self._read_body()
+        # /sink counts its body without keeping it, so uploads of any size fit in memory.
+        received = sum(len(piece) for piece in self._body_chunks()) if url.path == "/sink" else None
+        body = b"" if received is not None else self._read_body()
         backend._arrived(self.command, url.path)
         if url.path == "/health":
             status = backend._health_answer()
@@ -126,32 +145,43 @@ class _Handler(BaseHTTPRequestHandler):
             status, retry_after = burst
             self._send(status, {"id": backend.name, "burst": True}, retry_after=retry_after)
             return
-        if url.path == "/stream":
-            self._stream(parse_qs(url.query))
-            return
-        if url.path == "/set-cookie":
-            query = parse_qs(url.query)
-            self.send_response(200)
-            self.send_header("Set-Cookie", f"{query['name'][0]}={query['value'][0]}; Path=/")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if url.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", parse_qs(url.query).get("to", ["/"])[0])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        payload = {
-            "id": backend.name,
-            "method": self.command,
-            "path": url.path,
-            "query": url.query,
-            "host": self.headers.get("Host"),
-            "headers": dict(self.headers.items()),
-            "body": body.decode("utf-8", "replace"),
-        }
-        self._send(backend.status, payload)
+        if not self._special(url.path, parse_qs(url.query), received):
+            payload = {
+                "id": backend.name,
+                "method": self.command,
+                "path": url.path,
+                "query": url.query,
+                "host": self.headers.get("Host"),
+                "headers": dict(self.headers.items()),
+                "body": body.decode("utf-8", "replace"),
+            }
+            self._send(backend.status, payload)
+
+    def _special(self, path: str, query: dict[str, list[str]], received: int | None) -> bool:
+        """Answer the special paths (True), or leave the request to the echo (False)."""
+        backend = self.server.backend
+        if path == "/stream":
+            self._stream(query)
+        elif path == "/bytes":
+            self._bytes(int(query.get("n", ["0"])[0]))
+        elif received is not None:
+            self._send(backend.status, {"id": backend.name, "received": received})
+        elif path == "/headers":
+            self._empty(backend.status, [(name, value) for name, values in query.items() for value in values])
+        elif path == "/set-cookie":
+            self._empty(200, [("Set-Cookie", f"{query['name'][0]}={query['value'][0]}; Path=/")])
+        elif path == "/redirect":
+            self._empty(302, [("Location", query.get("to", ["/"])[0])])
+        else:
+            return False
+        return True
+
+    def _empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _send(self, status: int, payload: object, *, retry_after: str | None = None) -> None:
         """A JSON answer: status line, headers and body in one write, so that a kill can only reset
@@ -214,6 +244,20 @@ class _Handler(BaseHTTPRequestHandler):
             if delay:
                 time.sleep(delay)
         self.wfile.write(b"0\r\n\r\n")
+
+    def _bytes(self, size: int) -> None:
+        """``size`` bytes (0, 1, ... 255, 0, 1, ...) with a Content-Length, written in 64 KiB pieces."""
+        self.send_response(self.server.backend.status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.send_header("X-Backend-Id", self.server.backend.name)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        while size > 0:
+            piece = _PATTERN[: min(size, _PIECE)]
+            self.wfile.write(piece)
+            size -= len(piece)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _answer
 

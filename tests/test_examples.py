@@ -16,6 +16,9 @@ EXPECTED = {
     "mounts.py": ["users-1", "users-2", "orders-1"],
     "sticky_sessions.py": ["alice ->", "203.0.113.7 ->"],
     "custom_strategy.py": ["['primary', 'primary', 'primary']", "['standby', 'standby', 'standby']"],
+    "custom_discovery.py": ["two instances: {'a': 15, 'b': 15}", "c joined: {'a': 10, 'b': 10, 'c': 10}", "pool kept"],
+    "prometheus_metrics.py": ['lbclient_ejections_total{service="users"', "} 1\n"],
+    "fastapi_service.py": ["alice {'user': 'users-", "'orders': 'orders-"],
 }
 
 
@@ -35,11 +38,12 @@ def test_example_runs(script: str, args: list[str]) -> None:
 
 def test_demo_runs_briefly() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "lbclient", "demo", "-n", "40", "-c", "4", "--strategy", "peak_ewma"],
+        [sys.executable, "-m", "lbclient", "demo", "--quick", "--strategy", "peak_ewma"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "peak_ewma" in done.stdout
+    assert "Summary" in done.stdout
+    assert "(1 of 1 runs)" in done.stdout  # e's ejection and its return were both seen
