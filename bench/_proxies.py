@@ -6,7 +6,8 @@ Everything runs on ``127.0.0.1``, is started here and stopped at the end, each s
   ``X-Backend`` header naming themselves, so the spread over the backends is counted for every client;
 - an nginx reverse proxy: ``upstream`` with ``least_conn`` and ``keepalive`` to the 3 backends;
 - HAProxy: ``mode http``, ``balance leastconn``, ``nbthread 1``, keep-alive and ``http-reuse always`` to
-  the 3 backends.
+  the 3 backends;
+- ``lbclient proxy`` (the ASGI app on uvicorn, one process) with ``least_connections`` to the 3 backends.
 
 The backends answer at once, with no delay. At 64 tasks a Python client spends its whole core on its
 own work (a few hundred to a thousand requests a second here), so each task already waits about 64 /
@@ -57,6 +58,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -89,6 +91,7 @@ LB_RR = "AsyncLBClient round_robin"
 LB_PER_HOST = "AsyncLBClient least_connections, one pool per host"
 NGINX = "httpx.AsyncClient -> nginx least_conn"
 HAPROXY = "httpx.AsyncClient -> HAProxy leastconn"
+LBPROXY = "httpx.AsyncClient -> lbclient proxy least_connections"
 
 _HAPROXY_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
 _STATUS = "/-/status"  # nginx stub_status and HAProxy stats, on the same servers
@@ -120,14 +123,14 @@ def _regimes(tasks: int) -> tuple[Regime, ...]:
             "a",
             "httpx default limits (100 connections, 20 kept alive), keep-alive expiry 60 s",
             httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=_KEEPALIVE_EXPIRY),
-            (LB, LB_EWMA, LB_RR, LB_PER_HOST, NGINX, HAPROXY),
+            (LB, LB_EWMA, LB_RR, LB_PER_HOST, NGINX, HAPROXY, LBPROXY),
             {"full": (7, 1_024, 512, 55.0), "quick": (3, 512, 256, 8.0)},
         ),
         Regime(
             "b",
             f"one kept-alive connection per task ({tasks} and {tasks})",
             httpx.Limits(max_connections=tasks, max_keepalive_connections=tasks, keepalive_expiry=_KEEPALIVE_EXPIRY),
-            (LB, LB_PER_HOST, NGINX, HAPROXY),
+            (LB, LB_PER_HOST, NGINX, HAPROXY, LBPROXY),
             {"full": (3, 384, 256, 30.0), "quick": (3, 128, 128, 8.0)},
         ),
     )
@@ -236,6 +239,8 @@ class ProxyServers:
     backends: dict[str, str]
     nginx_proxy: str
     haproxy: str
+    #: ``lbclient proxy`` (uvicorn, one process) in front of the same backends.
+    lbclient_proxy: str
     nginx_version: str
     haproxy_version: str
     stub_status: bool
@@ -369,7 +374,24 @@ def run_proxy_servers(
         servers = "\n".join(f"    server {name} {address}" for name, address in zip(backends, addresses, strict=True))
         command = _haproxy_command(haproxy_path, haproxy_root, servers)
         haproxy_url = stack.enter_context(_server("haproxy", haproxy_root, command, signal.SIGTERM))
-        yield ProxyServers(backends, nginx_proxy, haproxy_url, nginx_version, haproxy_version, stub_status)
+
+        def lbclient_proxy(port: int) -> list[str]:
+            listen = f"{LOOPBACK}:{port}"
+            options = ["--strategy", "least_connections", "--log-level", "warning"]
+            return [
+                sys.executable,
+                "-m",
+                "lbclient",
+                "proxy",
+                "--listen",
+                listen,
+                "--hosts",
+                *backends.values(),
+                *options,
+            ]
+
+        ours = stack.enter_context(_server("lbclient proxy", base / "lbclient-proxy", lbclient_proxy, signal.SIGTERM))
+        yield ProxyServers(backends, nginx_proxy, haproxy_url, ours, nginx_version, haproxy_version, stub_status)
 
 
 class _Connections:
@@ -405,6 +427,7 @@ class _Connections:
             "backends": None if None in backends else sum(count or 0 for count in backends),
             "nginx": self._nginx(self._servers.nginx_proxy),
             "haproxy": self._haproxy(),
+            "lbclient": None,  # uvicorn counts no connections: the client side is not counted
         }
 
 
@@ -461,6 +484,7 @@ def _contenders(servers: ProxyServers, limits: httpx.Limits) -> dict[str, _Conte
         LB_PER_HOST: _Contender(per_host, PATH, None),
         NGINX: _Contender(lambda: httpx.AsyncClient(**common), servers.nginx_proxy + PATH, "nginx"),
         HAPROXY: _Contender(lambda: httpx.AsyncClient(**common), servers.haproxy + PATH, "haproxy"),
+        LBPROXY: _Contender(lambda: httpx.AsyncClient(**common), servers.lbclient_proxy + PATH, "lbclient"),
     }
 
 
@@ -611,6 +635,7 @@ def _regime_ratios(section: Section, regime: Regime, stats: dict[str, dict[str, 
     pairs = [
         (LB, "LB", NGINX, "nginx proxy", (THROUGHPUT_BAR, P99_BAR)),
         (LB, "LB", HAPROXY, "HAProxy", (None, None)),
+        (LBPROXY, "lbclient proxy", NGINX, "nginx proxy", (None, None)),
         (LB, "LB small pools", LB_PER_HOST, "one pool per host", (None, None)),
         (LB_PER_HOST, "LB one pool per host", NGINX, "nginx proxy", (None, None)),
     ]
