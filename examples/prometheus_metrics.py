@@ -16,7 +16,7 @@ METRICS = [
     ("lbclient_failures_total", "counter", "Requests to the host that failed", lambda h: h.failures),
     ("lbclient_ejections_total", "counter", "Times the host was ejected", lambda h: h.times_ejected),
     ("lbclient_in_flight", "gauge", "Requests in flight", lambda h: h.outstanding),
-    ("lbclient_available", "gauge", "1 while the host takes new requests", lambda h: int(h.healthy and not h.ejected)),
+    ("lbclient_available", "gauge", "1 while the host takes new requests", lambda h: int(h.available)),
 ]
 
 

@@ -100,7 +100,7 @@ def instrument(balanced: _Balanced, *, meter: metrics.Meter | None = None) -> No
     )
     meter.create_observable_gauge(
         "lbclient.available",
-        [per_host(lambda h: int(h.healthy and not h.ejected and h.weight > 0))],
+        [per_host(lambda h: int(h.available))],
         description="1 while the host takes new requests",
     )
     meter.create_observable_gauge("lbclient.panic", [panic], description="1 while the pool is in panic mode")

@@ -276,13 +276,13 @@ class LBProxy:
         if method not in ("GET", "HEAD"):
             await _plain(send, 405, "405 Method Not Allowed\n", [(b"allow", b"GET, HEAD")])
             return
-        pool = self.client.pool
-        hosts = pool.hosts
-        available = sum(1 for host in hosts if host.available)
+        stats = self.client.pool.stats()  # one consistent snapshot
+        hosts = stats.hosts
+        available = stats.available
         payload = {
             "status": "ok" if available else "unavailable",
             "available": available,
-            "panic": pool.panic,
+            "panic": stats.panic,
             "hosts": [
                 {
                     "url": host.url,

@@ -74,6 +74,8 @@ class HostStats:
     weight: float
     healthy: bool
     ejected: bool
+    #: Takes new requests outside panic: weight > 0, healthy and not ejected.
+    available: bool
     outstanding: int
     requests: int
     failures: int
@@ -233,25 +235,24 @@ class Pool:
         """A snapshot of every host's counters and state, taken at once under the pool's lock."""
         hosts = self.hosts  # ends ejections that ran out
         with self._lock:
-            return PoolStats(
-                tuple(
-                    HostStats(
-                        h.url,
-                        h.weight,
-                        h.healthy,
-                        h.ejected,
-                        h.outstanding,
-                        h.requests,
-                        h.failures,
-                        h.ewma_latency,
-                        h.times_ejected,
-                        h.consecutive_failures,
-                    )
-                    for h in hosts
-                ),
-                self._panic,
-                sum(1 for h in hosts if h.available),
+            snapshot = tuple(
+                HostStats(
+                    h.url,
+                    h.weight,
+                    h.healthy,
+                    h.ejected,
+                    h.available,
+                    h.outstanding,
+                    h.requests,
+                    h.failures,
+                    h.ewma_latency,
+                    h.times_ejected,
+                    h.consecutive_failures,
+                )
+                for h in hosts
             )
+            panic = self._panic
+        return PoolStats(snapshot, panic, sum(1 for h in snapshot if h.available))
 
     def latency_percentile(self, share: float) -> float | None:
         """The ``share`` quantile of the pool's recent successful latencies (needs ``latency_window``);

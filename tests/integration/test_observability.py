@@ -31,6 +31,7 @@ def test_stats_is_a_consistent_snapshot_of_counters_and_state(backends: list[Bac
     assert list(by_url) == [a.url, b.url, c.url]
     dead = by_url[b.url]
     assert (dead.ejected, dead.times_ejected, dead.failures) == (True, 1, 1)
+    assert (dead.available, by_url[a.url].available) == (False, True)
     assert by_url[a.url].requests + by_url[c.url].requests == 12
     assert by_url[a.url].requests == a.count()
     assert all(host.outstanding == 0 for host in stats.hosts)
