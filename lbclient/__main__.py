@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _cli_get, _demo, proxy
+from . import __version__, _cli_get, _demo, proxy, tcp_proxy
 from .sim import main as sim_main
 
 
@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("proxy", help="a reverse proxy (ASGI, served by uvicorn) in front of a pool")
     proxy.add_arguments(serve)
     serve.set_defaults(run=proxy.run)
+    forward = commands.add_parser("tcp-proxy", help="a TCP forwarder in front of a pool (databases, any TCP service)")
+    tcp_proxy.add_arguments(forward)
+    forward.set_defaults(run=tcp_proxy.run)
     sim = commands.add_parser("sim", help="the fleet simulator (python -m lbclient.sim --help)", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(run=lambda args: sim_main(args.rest))

@@ -86,13 +86,14 @@ class HealthChecks:
         return TaskLoop(self.name, self._async_round, self._async_close)
 
     async def _async_round(self) -> float:
-        transport = self._async_transport = self._async_transport or httpx.AsyncHTTPTransport()
         async with anyio.create_task_group() as group:
             for host in self.pool.hosts:
-                group.start_soon(self._check, transport, host)
+                group.start_soon(self._check, host)
         return self.delay()
 
-    async def _check(self, transport: httpx.AsyncHTTPTransport, host: HostState) -> None:
+    async def _check(self, host: HostState) -> None:
+        """Probe one host and report it (a subclass may probe another way: the TCP proxy connects)."""
+        transport = self._async_transport = self._async_transport or httpx.AsyncHTTPTransport()
         try:
             response = await transport.handle_async_request(self.request(host))
             await response.aclose()

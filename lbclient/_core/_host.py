@@ -156,6 +156,7 @@ class HostState:
         "ejected",
         "outstanding",
         "inflight_started",
+        "inflight_timed",
         "requests",
         "failures",
         "ewma_latency",
@@ -181,8 +182,11 @@ class HostState:
         self.healthy = True
         self.ejected = False
         self.outstanding = 0
-        #: The sum of the start times of the requests in flight (their mean age is a latency signal).
+        #: The sum of the start times of the requests in flight whose outcome is still awaited (their mean
+        #: age is a latency signal), and how many they are: a settled lease (a TCP connection that is up)
+        #: stays in ``outstanding`` but leaves these.
         self.inflight_started = 0.0
+        self.inflight_timed = 0
         self.requests = 0
         self.failures = 0
         self.ewma_latency: float | None = None
@@ -231,7 +235,7 @@ class HostState:
     def inflight_age(self, now: float) -> float:
         """The mean age of the requests in flight, in seconds (0 when none): a host that stopped answering
         shows here before any response reports it."""
-        return now - self.inflight_started / self.outstanding if self.outstanding else 0.0
+        return now - self.inflight_started / self.inflight_timed if self.inflight_timed else 0.0
 
     def peak_ewma_at(self, now: float, decay: float) -> float:
         """Peak EWMA as of ``now``: relaxed toward the EWMA, and the whole decaying toward 0 (time constant

@@ -115,7 +115,7 @@ def _check_non_negative(name: str, value: object, *, positive: bool = False) -> 
 class Lease:
     """One request's hold on a host, from the pick until it is released (exactly once)."""
 
-    __slots__ = ("host", "started_at", "then", "_pool", "_released")
+    __slots__ = ("host", "started_at", "then", "_pool", "_released", "_settled")
 
     def __init__(self, pool: Pool, host: HostState, started_at: float) -> None:
         self.host = host
@@ -124,6 +124,16 @@ class Lease:
         self.then: Callable[[], None] | None = None
         self._pool = pool
         self._released = False
+        self._settled = False
+
+    def settle(self) -> None:
+        """Record success now, while the lease stays held: for a long-lived connection whose outcome is
+        known once it is up (the TCP proxy), but which counts as in flight until it closes. Its latency is
+        the time from the pick to now; its age no longer counts as a latency signal. The later
+        :meth:`release` or :meth:`abandon` then only ends the hold."""
+        if not self._released and not self._settled:
+            self._settled = True
+            self._pool._settle(self)
 
     def release(self, *, failed: bool) -> None:
         """End the request: in-flight count down; a failure counts toward ejection, a success records
@@ -139,7 +149,7 @@ class Lease:
         if not self._released:
             self._released = True
             try:
-                self._pool._release(self, failed)
+                self._pool._release(self, None if self._settled else failed, timed=not self._settled)
             finally:
                 if self.then is not None:
                     self.then()
@@ -384,6 +394,7 @@ class Pool:
             if host is not None:
                 host.outstanding += 1
                 host.inflight_started += now
+                host.inflight_timed += 1
                 host.requests += 1
                 if self._tracks_load:
                     self._strategy.on_load_change(host)
@@ -399,12 +410,13 @@ class Pool:
                 return host
         return next((h for h in candidates if h not in exclude), None)
 
-    def _release(self, lease: Lease, failed: bool | None) -> None:
+    def _release(self, lease: Lease, failed: bool | None, *, timed: bool = True) -> None:
         host = lease.host
         events: list[PoolEvent] = []
         with self._lock:
             host.outstanding -= 1
-            host.inflight_started = host.inflight_started - lease.started_at if host.outstanding else 0.0
+            if timed:
+                self._untime(lease)
             if failed:
                 host.failures += 1
                 host.consecutive_failures += 1
@@ -416,15 +428,31 @@ class Pool:
                     self._eject(host, config, f"{host.consecutive_failures} consecutive failures")
                     events = self._take_events()
             elif failed is not None:
-                host.consecutive_failures = 0
-                now = self._clock()
-                host.record_latency(now - lease.started_at, now, self._decay)
-                if self._recent is not None:
-                    self._recent.record(now - lease.started_at)
+                self._succeeded(lease)
             if self._tracks_load:
                 self._strategy.on_load_change(host)
         if events:
             self._emit(events)
+
+    def _settle(self, lease: Lease) -> None:
+        with self._lock:
+            self._untime(lease)
+            self._succeeded(lease)
+            if self._tracks_load:
+                self._strategy.on_load_change(lease.host)
+
+    def _untime(self, lease: Lease) -> None:
+        host = lease.host
+        host.inflight_timed -= 1
+        host.inflight_started = host.inflight_started - lease.started_at if host.inflight_timed else 0.0
+
+    def _succeeded(self, lease: Lease) -> None:
+        host = lease.host
+        host.consecutive_failures = 0
+        now = self._clock()
+        host.record_latency(now - lease.started_at, now, self._decay)
+        if self._recent is not None:
+            self._recent.record(now - lease.started_at)
 
     # -- internals (called under the lock) -------------------------------------------------------------
 

@@ -1,0 +1,376 @@
+"""A TCP forwarder in front of a pool: databases, caches and other services that do not speak HTTP.
+
+::
+
+    from lbclient.tcp_proxy import TCPProxy
+
+    proxy = TCPProxy(["10.0.0.1:5432", "10.0.0.2:5432"], strategy="least_connections", health_check=True)
+    anyio.run(proxy.serve, "127.0.0.1", 6432)  # or: lbclient tcp-proxy --listen 127.0.0.1:6432 --hosts ...
+
+Each accepted connection takes a host from the same :class:`~lbclient.Pool` the HTTP clients use, with
+the same strategies, outlier detection, panic mode, slow start and discovery:
+
+- The host is held (it counts in ``outstanding``) for the connection's whole life, so
+  ``least_connections`` balances open connections, as HAProxy's ``leastconn`` does for long sessions.
+  Its latency, for the latency-aware strategies, is the time to connect.
+- A failed connect (refused, unreachable, no answer within ``connect_timeout``) counts against the host
+  toward ejection and is retried at once on a host this connection has not tried, up to ``retries``
+  attempts in all, within the pool's retry budget. Nothing has been sent yet, so this is always safe.
+  When every attempt fails the caller's connection is closed; the reason goes to the ``lbclient.tcp``
+  logger. What happens after the connection is up (a reset, an early close) is the protocol's business
+  and is not retried.
+- Bytes are copied both ways as they arrive. Half-close is kept: when one side ends its sending
+  (``shutdown(SHUT_WR)``, FIN), the proxy ends its sending to the other side and keeps copying the other
+  way until that side ends too. A reset on either side closes both.
+- ``idle_timeout`` closes a connection after that many seconds without a byte either way (default: none).
+- Hash strategies (``ip_hash``, ``consistent_hash``, ``url_hash``) key on the caller's IP address.
+- ``health_check=True`` (or a :class:`HealthCheck`: its interval, timeout and thresholds; the path is not
+  used) probes each host by opening and closing a TCP connection.
+
+The proxy runs on asyncio or trio (anyio). ``serve`` runs until cancelled; its health checks and
+discovery run alongside and stop with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import tenacity
+
+from ._background import TaskLoop
+from ._balancer import _log_event
+from ._core import DEFAULT_PANIC_THRESHOLD, STRATEGIES, Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
+from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
+from ._core._retry import RetryBudget
+from ._discovery import Discovery, Refresher
+from ._exceptions import NoAvailableHostError
+from ._health import HealthChecks
+
+__all__ = ["TCPProxy"]
+
+logger = logging.getLogger("lbclient.tcp")
+
+#: Bytes read from either side at a time.
+CHUNK = 65536
+
+
+class _ConnectFailed(Exception):
+    """One connect attempt failed; ``host`` is the host it went to."""
+
+    def __init__(self, host: str, cause: BaseException) -> None:
+        super().__init__(f"{host}: {type(cause).__name__}: {cause}")
+        self.host = host
+
+
+def _address(host: HostState | Host) -> tuple[str, int]:
+    parts = urlsplit(host.url)
+    port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", port
+
+
+def _tcp_hosts(hosts: Iterable[HostLike]) -> list[HostLike]:
+    """``HOST:PORT`` and ``tcp://HOST:PORT`` strings as the pool's URLs; a string without a port is an
+    error here (it would mean port 80)."""
+    out: list[HostLike] = []
+    for given in hosts:
+        item = given
+        if isinstance(given, str):
+            text = given.removeprefix("tcp://")
+            if "://" in text:
+                raise ValueError(f"a TCP host is HOST:PORT or tcp://HOST:PORT, got {given!r}")
+            try:
+                port = urlsplit("//" + text).port
+            except ValueError:
+                port = None
+            if port is None:
+                raise ValueError(f"a TCP host needs a port (HOST:PORT), got {given!r}")
+            item = "http://" + text
+        out.append(item)
+    return out
+
+
+class _ConnectChecks(HealthChecks):
+    """Active health for a TCP pool: a host is good when a connection to it opens within the timeout."""
+
+    async def _check(self, host: HostState) -> None:
+        name, port = _address(host)
+        try:
+            with anyio.fail_after(self.config.timeout):
+                stream = await anyio.connect_tcp(name, port)
+        except (OSError, TimeoutError) as exc:
+            self.pool.report_check(host, False, f"connect: {type(exc).__name__}: {exc}")
+        else:
+            await stream.aclose()
+            self.pool.report_check(host, True, "connected")
+
+
+class TCPProxy:
+    """Forwards TCP connections to a balanced pool of hosts (see the module docstring).
+
+    ``hosts`` are ``HOST:PORT`` strings (``tcp://`` optional), :class:`Host` objects, mappings, or a
+    :class:`Discovery` source. ``retries`` is the most connect attempts per connection (an int, or a
+    :class:`RetryPolicy` whose ``max_attempts`` and budget apply). The other keywords are the clients'.
+    """
+
+    def __init__(
+        self,
+        hosts: Iterable[HostLike] | Discovery,
+        *,
+        strategy: str | Strategy = "least_connections",
+        retries: int | RetryPolicy | None = 3,
+        connect_timeout: float = 5.0,
+        idle_timeout: float | None = None,
+        outlier_detection: OutlierDetection | bool | None = True,
+        health_check: HealthCheck | bool | None = None,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        slow_start: float = 0.0,
+        service: str = "tcp-proxy",
+        on_event: Callable[[PoolEvent], None] | None = None,
+    ) -> None:
+        for name, value in (("connect_timeout", connect_timeout), ("idle_timeout", idle_timeout)):
+            if value is None and name == "idle_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        self.connect_timeout = float(connect_timeout)
+        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        self.service = service
+        self.retries = RetryPolicy.coerce(retries)
+        self.health_check = HealthCheck.coerce(health_check)
+        refresher = None
+        if isinstance(hosts, Discovery):
+            refresher = Refresher(hosts, lambda: self.pool, service)
+            hosts = refresher.first()
+        self._rng = random.Random()
+        #: The live pool: ``pool.hosts``, ``pool.stats()``, ``pool.update(...)``, as on the clients.
+        self.pool = Pool(
+            _tcp_hosts(hosts),
+            strategy,
+            clock=time.monotonic,
+            rng=self._rng,
+            lock=threading.Lock(),
+            panic_threshold=panic_threshold,
+            outlier_detection=OutlierDetection.coerce(outlier_detection),
+            health_check=self.health_check,
+            slow_start=slow_start,
+            listener=_log_event(service, on_event),
+        )
+        self._budget = RetryBudget(
+            self.retries.budget_ratio,
+            self.retries.budget_min_retries,
+            self.retries.budget_window,
+            clock=time.monotonic,
+            lock=threading.Lock(),
+        )
+        self._keyed = self.pool.strategy.key_source is not None
+        self._chores: list[HealthChecks | Refresher] = []
+        if self.health_check is not None:
+            self._chores.append(_ConnectChecks(self.pool, self.health_check, service))
+        if refresher is not None:
+            self._chores.append(refresher)
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and forward every connection until cancelled. With
+        ``await task_group.start(proxy.serve, host, 0)`` the bound (host, port) comes back once listening."""
+        loops: list[TaskLoop] = [chore.task() for chore in self._chores]
+        async with await anyio.create_tcp_listener(local_host=host, local_port=port) as listener:
+            started: list[TaskLoop] = []
+            try:
+                for loop in loops:
+                    await loop.start()
+                    started.append(loop)
+                bound = listener.extra(anyio.abc.SocketAttribute.local_address)  # noqa: S610 - anyio, not Django
+                task_status.started((str(bound[0]), int(bound[1])))
+                await listener.serve(self.handle)
+            finally:
+                for loop in reversed(started):  # their task groups close in the order they opened
+                    await loop.stop()
+
+    async def handle(self, client: anyio.abc.SocketStream) -> None:
+        """Forward one accepted connection (what :meth:`serve` runs for each; usable with any anyio
+        listener). Closes ``client`` when done."""
+        async with client:
+            peer = client.extra(anyio.abc.SocketAttribute.remote_address, None)  # noqa: S610
+            caller = str(peer[0]) if isinstance(peer, tuple) else None
+            try:
+                lease, upstream = await self._connect(caller)
+            except (NoAvailableHostError, _ConnectFailed) as exc:
+                notes = "; ".join(getattr(exc, "__notes__", ()))
+                logger.warning(
+                    "%s: connection from %s dropped: %s%s", self.service, caller, exc, f" ({notes})" if notes else ""
+                )
+                return
+            try:
+                async with upstream:
+                    await self._pipe(client, upstream)
+            finally:
+                lease.release(failed=False)  # settled at connect: this only ends the hold
+
+    async def _connect(self, caller: str | None) -> tuple[Lease, anyio.abc.SocketStream]:
+        """A connection to a host of the pool: untried hosts first, retried at once on connect failures."""
+        key = caller if self._keyed else None
+        tried: list[HostState] = []
+        failures: list[str] = []
+        self._budget.record_request()
+
+        def more(state: tenacity.RetryCallState) -> bool:
+            return state.attempt_number >= self.retries.max_attempts or not self._budget.try_withdraw()
+
+        retrying = tenacity.AsyncRetrying(
+            stop=more,
+            retry=tenacity.retry_if_exception_type(_ConnectFailed),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(key, tried, failures)
+        except _ConnectFailed as exc:
+            for line in failures:
+                exc.add_note(line)
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    async def _attempt(
+        self, key: str | None, tried: list[HostState], failures: list[str]
+    ) -> tuple[Lease, anyio.abc.SocketStream]:
+        lease = self.pool.acquire(key, exclude=tried)
+        if lease is None:
+            raise NoAvailableHostError(f"{self.service}: no host available")
+        host = lease.host
+        tried.append(host)
+        name, port = _address(host)
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                stream = await anyio.connect_tcp(name, port)
+        except (OSError, TimeoutError) as exc:
+            lease.release(failed=True)
+            failures.append(f"attempt {len(tried)}: {host.url}: {type(exc).__name__}: {exc}")
+            raise _ConnectFailed(host.url, exc) from exc
+        except BaseException:
+            lease.abandon()  # cancelled: says nothing about the host
+            raise
+        lease.settle()
+        return lease, stream
+
+    async def _pipe(self, client: anyio.abc.SocketStream, upstream: anyio.abc.SocketStream) -> None:
+        """Copy both ways until both sides have ended their sending, or one resets, or the idle timeout."""
+        async with anyio.create_task_group() as group:
+            idle = self.idle_timeout
+            if idle is not None:
+                group.cancel_scope.deadline = anyio.current_time() + idle
+
+            def touched() -> None:
+                if idle is not None:
+                    group.cancel_scope.deadline = anyio.current_time() + idle
+
+            group.start_soon(_copy, client, upstream, touched, group.cancel_scope)
+            group.start_soon(_copy, upstream, client, touched, group.cancel_scope)
+
+
+async def _copy(
+    source: anyio.abc.SocketStream,
+    sink: anyio.abc.SocketStream,
+    touched: Callable[[], None],
+    both: anyio.CancelScope,
+) -> None:
+    """Bytes from ``source`` to ``sink`` until ``source`` ends its sending, then end ours to ``sink``
+    (half-close). A broken side stops both directions."""
+    try:
+        while True:
+            try:
+                chunk = await source.receive(CHUNK)
+            except anyio.EndOfStream:
+                break
+            touched()
+            await sink.send(chunk)
+        await sink.send_eof()
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        # One side reset or broke: reset the other too, so a cut stream cannot look like a complete one.
+        logger.debug("tcp: a side broke (%r): resetting both", exc)
+        for stream in (source, sink):
+            _reset_on_close(stream)
+        both.cancel()
+
+
+def _reset_on_close(stream: anyio.abc.SocketStream) -> None:
+    """Make closing ``stream`` send a reset (RST) rather than an orderly end (FIN)."""
+    with contextlib.suppress(OSError):
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+# -- ``lbclient tcp-proxy`` -----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lbclient tcp-proxy``."""
+    parser.add_argument("--listen", default="127.0.0.1:6000", metavar="HOST:PORT", help="default: %(default)s")
+    parser.add_argument("--hosts", nargs="+", required=True, metavar="HOST:PORT", help="the upstream hosts")
+    parser.add_argument(
+        "--strategy",
+        default="least_connections",
+        choices=list(STRATEGIES),
+        metavar="NAME",
+        help=f"one of {', '.join(STRATEGIES)} (default: %(default)s)",
+    )
+    parser.add_argument("--retries", type=int, default=3, metavar="N", help="connect attempts in all (default: 3)")
+    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS", help="default: %(default)s")
+    parser.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS", help="default: none")
+    parser.add_argument("--health-check", action="store_true", help="probe each host with a TCP connect")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """``lbclient tcp-proxy``: serve until SIGINT or SIGTERM, then 0; 2 on bad input."""
+    from .proxy import parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+        proxy = TCPProxy(
+            args.hosts,
+            strategy=args.strategy,
+            retries=RetryPolicy(max_attempts=args.retries),
+            connect_timeout=args.connect_timeout,
+            idle_timeout=args.idle_timeout,
+            health_check=HealthCheck() if args.health_check else None,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    return anyio.run(_serve_until_signal, proxy, host, port)
+
+
+async def _serve_until_signal(proxy: TCPProxy, host: str, port: int) -> int:
+    async with anyio.create_task_group() as group:
+        bound: Any = await group.start(proxy.serve, host, port)
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        hosts = ", ".join(h.url.removeprefix("http://") for h in proxy.pool.hosts)
+        print(f"lbclient tcp-proxy: listening on {shown}:{bound[1]} -> {hosts}", flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logger.info("tcp-proxy: %s, shutting down", signal.Signals(signum).name)
+                group.cancel_scope.cancel()
+                break
+    return 0

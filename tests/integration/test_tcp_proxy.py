@@ -1,0 +1,460 @@
+"""The TCP forwarder against real TCP servers on 127.0.0.1: spread, open connections counted, half-close,
+large transfers both ways, killed and resetting backends, idle timeout, TCP health checks, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import anyio
+import anyio.abc
+import pytest
+
+from lbclient import HealthCheck, OutlierDetection
+from lbclient.tcp_proxy import TCPProxy
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 10.0
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """One command line, then:
+    ``name``: answer the server's name, then wait for the caller's end; ``echo``: echo every byte until the
+    caller's end, then ``END <name>``; ``download N``: N pattern bytes, then close; ``reset``: the name,
+    then a reset."""
+
+    server: _Server
+
+    def handle(self) -> None:
+        backend = self.server.backend
+        sock: socket.socket = self.request
+        with backend.lock:
+            backend.connections += 1
+            backend.active.add(sock)
+        try:
+            self._serve(backend, sock)
+        except OSError:
+            pass  # the test killed the server, or the caller reset: nothing to answer
+        finally:
+            with backend.lock:
+                backend.active.discard(sock)
+
+    def _serve(self, backend: TCPBackend, sock: socket.socket) -> None:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(1)
+            if not chunk:
+                return
+            line += chunk
+        command, _, argument = line.strip().decode().partition(" ")
+        name = backend.name.encode()
+        if command == "name":
+            sock.sendall(name + b"\n")
+            while sock.recv(65536):
+                pass
+        elif command == "echo":
+            while chunk := sock.recv(65536):
+                sock.sendall(chunk)
+            sock.sendall(b"END " + name + b"\n")
+        elif command == "download":
+            left = int(argument)
+            block = pattern(65536)
+            while left > 0:
+                sock.sendall(block[: min(left, len(block))])
+                left -= len(block)
+        elif command == "reset":
+            sock.sendall(name + b"\n")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # now, before socketserver's orderly shutdown(SHUT_WR) could send a FIN first
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, backend: TCPBackend, port: int) -> None:
+        self.backend = backend
+        super().__init__(("127.0.0.1", port), _Handler)
+
+
+class TCPBackend:
+    """A real TCP server on 127.0.0.1 in threads; ``kill()`` closes it and every connection it has,
+    ``start()`` brings it back on the same port."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.active: set[socket.socket] = set()
+        self.port = 0
+        self._server: _Server | None = None
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        server = self._server = _Server(self, self.port)
+        self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def kill(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self.lock:
+            for sock in list(self.active):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def pattern(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+@pytest.fixture
+def tcp_backends() -> Iterator[Callable[[int], list[TCPBackend]]]:
+    made: list[TCPBackend] = []
+
+    def make(count: int) -> list[TCPBackend]:
+        new = [TCPBackend(chr(ord("a") + len(made) + i)) for i in range(count)]
+        made.extend(new)
+        return new
+
+    yield make
+    for backend in made:
+        backend.kill()
+
+
+@contextlib.asynccontextmanager
+async def running(proxy: TCPProxy) -> AsyncIterator[tuple[str, int]]:
+    async with anyio.create_task_group() as group:
+        address: tuple[str, int] = await group.start(proxy.serve, "127.0.0.1", 0)
+        yield address
+        group.cancel_scope.cancel()
+
+
+async def receive_all(stream: anyio.abc.SocketStream) -> bytes:
+    data = bytearray()
+    with anyio.fail_after(DEADLINE):
+        while True:
+            try:
+                data += await stream.receive()
+            except anyio.EndOfStream:
+                return bytes(data)
+
+
+async def receive_to_end(stream: anyio.abc.SocketStream) -> tuple[bytes, Exception]:
+    """What arrives before the stream ends, and how it ended: EndOfStream (FIN) or BrokenResourceError (RST)."""
+    data = b""
+    with anyio.fail_after(DEADLINE):
+        while True:
+            try:
+                data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as end:
+                return data, end
+
+
+async def ask_name(address: tuple[str, int]) -> tuple[anyio.abc.SocketStream, str]:
+    stream = await anyio.connect_tcp(*address)
+    await stream.send(b"name\n")
+    with anyio.fail_after(DEADLINE):
+        line = await stream.receive()
+    return stream, line.decode().strip()
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    with anyio.fail_after(DEADLINE):
+        while not condition():
+            await anyio.sleep(0.01)
+    assert condition(), what
+
+
+def outstanding(proxy: TCPProxy) -> dict[str, int]:
+    return {h.url.removeprefix("http://"): h.outstanding for h in proxy.pool.hosts}
+
+
+# -- spreading and counting -----------------------------------------------------------------------------
+
+
+async def test_round_robin_spreads_connections(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    backends = tcp_backends(3)
+    proxy = TCPProxy([b.address for b in backends], strategy="round_robin")
+    async with running(proxy) as address:
+        names = []
+        for _ in range(9):
+            stream, name = await ask_name(address)
+            names.append(name)
+            await stream.aclose()
+    assert sorted(names) == sorted("abc" * 3)
+    assert [b.connections for b in backends] == [3, 3, 3]
+
+
+async def test_least_connections_counts_open_connections(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    backends = tcp_backends(3)
+    proxy = TCPProxy([b.address for b in backends])  # least_connections is the default
+    async with running(proxy) as address:
+        held = [await ask_name(address) for _ in range(3)]
+        assert sorted(name for _, name in held) == ["a", "b", "c"]  # one open connection each
+        assert sorted(outstanding(proxy).values()) == [1, 1, 1]
+        await held[1][0].aclose()  # that host is now the least loaded
+        await wait_for(lambda: sum(outstanding(proxy).values()) == 2, "the closed connection freed its host")
+        stream, name = await ask_name(address)
+        assert name == held[1][1]
+        for s, _ in [*held, (stream, name)]:
+            await s.aclose()
+        await wait_for(lambda: sum(outstanding(proxy).values()) == 0, "every hold ended")
+    latencies = [h.ewma_latency for h in proxy.pool.hosts]
+    assert all(latency is not None and latency < 1.0 for latency in latencies), latencies  # the connect time
+
+
+async def test_ip_hash_keeps_a_caller_on_one_host(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    backends = tcp_backends(4)
+    proxy = TCPProxy([b.address for b in backends], strategy="ip_hash")
+    async with running(proxy) as address:
+        names = set()
+        for _ in range(6):
+            stream, name = await ask_name(address)
+            names.add(name)
+            await stream.aclose()
+    assert len(names) == 1
+
+
+# -- bytes both ways --------------------------------------------------------------------------------------
+
+
+async def test_half_close_reaches_the_host_and_the_answer_still_comes_back(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address])
+    async with running(proxy) as address:
+        stream = await anyio.connect_tcp(*address)
+        payload = pattern(300_000)
+        await stream.send(b"echo\n" + payload)
+        await stream.send_eof()  # our sending ends; the host sees it and only then says END
+        answer = await receive_all(stream)
+        await stream.aclose()
+    assert answer == payload + b"END a\n"
+
+
+async def test_large_transfers_both_ways_at_once(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address])
+    size = 16 * 1024 * 1024
+    async with running(proxy) as address:
+        stream = await anyio.connect_tcp(*address)
+        sent = hashlib.sha256()
+        received = hashlib.sha256()
+        count = 0
+
+        async def upload() -> None:
+            await stream.send(b"echo\n")
+            block = os.urandom(65536)
+            for _ in range(size // len(block)):
+                sent.update(block)
+                await stream.send(block)
+            await stream.send_eof()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(upload)
+            data = bytearray()
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        chunk = await stream.receive()
+                    except anyio.EndOfStream:
+                        break
+                    count += len(chunk)
+                    data += chunk
+                    if len(data) > 65536 + 16:
+                        keep = data[-16:]
+                        received.update(data[:-16])
+                        data = keep
+            received.update(data[: -len(b"END a\n")])
+            tail = bytes(data[-len(b"END a\n") :])
+        await stream.aclose()
+        download = await anyio.connect_tcp(*address)
+        await download.send(b"download 5000000\n")
+        body = await receive_all(download)
+        await download.aclose()
+    assert count == size + len(b"END a\n")
+    assert tail == b"END a\n"
+    assert received.hexdigest() == sent.hexdigest()
+    assert body == (pattern(65536) * 77)[:5_000_000]
+
+
+# -- failures -----------------------------------------------------------------------------------------------
+
+
+async def test_a_killed_host_costs_no_connection_and_gets_ejected(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+) -> None:
+    backends = tcp_backends(3)
+    backends[1].kill()
+    proxy = TCPProxy(
+        [b.address for b in backends],
+        strategy="round_robin",
+        outlier_detection=OutlierDetection(consecutive_failures=2),
+    )
+    async with running(proxy) as address:
+        names = []
+        for _ in range(12):
+            stream, name = await ask_name(address)
+            names.append(name)
+            await stream.aclose()
+    assert set(names) == {"a", "c"}  # every connection answered, none by the dead host
+    dead = proxy.pool.hosts[1]
+    assert dead.failures >= 2
+    assert dead.ejected
+    await wait_for(lambda: sum(outstanding(proxy).values()) == 0, "failed connects hold nothing")
+
+
+async def test_no_host_left_closes_the_caller(
+    tcp_backends: Callable[[int], list[TCPBackend]], caplog: pytest.LogCaptureFixture
+) -> None:
+    backends = tcp_backends(2)
+    for backend in backends:
+        backend.kill()
+    proxy = TCPProxy([b.address for b in backends], retries=2)
+    with caplog.at_level(logging.WARNING, logger="lbclient.tcp"):
+        async with running(proxy) as address:
+            stream = await anyio.connect_tcp(*address)
+            await stream.send(b"name\n")
+            # Closed with nothing forwarded: an orderly end, or a reset when our line was still unread.
+            with contextlib.suppress(anyio.BrokenResourceError):
+                assert await receive_all(stream) == b""
+            await stream.aclose()
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped, caplog.text
+    assert all(b.address in dropped[0] for b in backends), dropped[0]  # both attempts named
+
+
+async def test_a_reset_by_the_host_resets_the_caller(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address])
+    async with running(proxy) as address:
+        stream = await anyio.connect_tcp(*address)
+        await stream.send(b"reset\n")
+        received, end = await receive_to_end(stream)
+        assert isinstance(end, anyio.BrokenResourceError), end  # a reset, not a clean end (EndOfStream)
+        await stream.aclose()
+        await wait_for(lambda: sum(outstanding(proxy).values()) == 0, "the hold ended")
+    assert received in (b"", b"a\n")
+    assert proxy.pool.hosts[0].failures == 0  # after the connect, the protocol's business
+
+
+async def test_a_caller_that_leaves_closes_the_upstream(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address])
+    async with running(proxy) as address:
+        stream, name = await ask_name(address)
+        assert name == "a"
+        assert len(backend.active) == 1
+        await stream.aclose()
+        await wait_for(lambda: not backend.active, "the host saw the connection end")
+        await wait_for(lambda: sum(outstanding(proxy).values()) == 0, "the hold ended")
+
+
+async def test_idle_timeout_closes_a_silent_connection(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address], idle_timeout=0.3)
+    async with running(proxy) as address:
+        stream = await anyio.connect_tcp(*address)
+        await stream.send(b"echo\n")
+        for _ in range(5):  # traffic keeps it open past the timeout
+            await stream.send(b"ping")
+            with anyio.fail_after(DEADLINE):
+                assert await stream.receive() == b"ping"
+            last = time.monotonic()
+            await anyio.sleep(0.1)
+        assert await receive_all(stream) == b""  # then silence: closed
+        assert time.monotonic() - last >= 0.25
+        await stream.aclose()
+        await wait_for(lambda: not backend.active, "the upstream was closed too")
+
+
+async def test_tcp_health_checks_mark_a_dead_host_and_its_return(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+) -> None:
+    backends = tcp_backends(2)
+    check = HealthCheck(interval=0.05, timeout=1.0, healthy_threshold=1, unhealthy_threshold=1)
+    proxy = TCPProxy([b.address for b in backends], health_check=check, outlier_detection=False)
+    async with running(proxy):
+        states = proxy.pool.hosts
+        backends[1].kill()
+        await wait_for(lambda: not states[1].healthy, "the killed host turned unhealthy")
+        assert states[0].healthy
+        backends[1].start()
+        await wait_for(lambda: states[1].healthy, "the host came back")
+
+
+# -- input and the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "options", "named"),
+    [
+        (["127.0.0.1"], {}, "'127.0.0.1'"),
+        (["http://127.0.0.1:80"], {}, "'http://127.0.0.1:80'"),
+        (["127.0.0.1:5432"], {"connect_timeout": 0}, "0"),
+        (["127.0.0.1:5432"], {"idle_timeout": -1.0}, "-1.0"),
+        (["127.0.0.1:5432"], {"strategy": "fastest"}, "'fastest'"),
+        ([], {}, "[]"),
+    ],
+)
+def test_bad_input_names_the_value(hosts: list[str], options: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError) as info:
+        TCPProxy(hosts, **options)  # type: ignore[arg-type]
+    assert named in str(info.value) or (named == "[]" and "empty" in str(info.value)), str(info.value)
+
+
+def test_the_command_forwards_and_stops_on_sigint(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    command = [sys.executable, "-m", "lbclient", "tcp-proxy", "--listen", "127.0.0.1:0", "--hosts", backend.address]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert "listening on 127.0.0.1:" in line, line
+            port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+                sock.sendall(b"name\n")
+                assert sock.recv(100) == b"a\n"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=DEADLINE) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_the_command_rejects_a_host_without_port() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lbclient", "tcp-proxy", "--hosts", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "'127.0.0.1'" in result.stderr
