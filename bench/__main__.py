@@ -30,6 +30,7 @@ from ._report import Section, render, write_json
 from ._scaling import pick_costs, scaling
 from ._settings import FULL, QUICK, Settings
 from ._tail import tail
+from ._tcp import tcp
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -40,6 +41,10 @@ NGINX_SECTIONS: dict[str, Callable[[str, Settings], Section]] = {
     "async-fixed": partial(async_overhead, limits="fixed"),
     "transport": transport_overhead,
 }
+if importlib.util.find_spec("httpx2") is not None:  # extra httpx2: the bridge against plain httpx2
+    from ._httpx2 import httpx2_overhead
+
+    NGINX_SECTIONS["httpx2"] = httpx2_overhead
 #: Sections that run in memory (httpx.MockTransport, bare pools).
 MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {
     "scaling": scaling,
@@ -51,6 +56,7 @@ MEMORY_SECTIONS: dict[str, Callable[[Settings], Section]] = {
 #: Sections that start their own servers on loopback (nginx backends, nginx and HAProxy as proxies).
 SERVER_SECTIONS: dict[str, Callable[[Settings, str | None, str | None], Section]] = {
     "proxies": proxies,
+    "tcp": tcp,
 }
 SECTIONS = [*NGINX_SECTIONS, *SERVER_SECTIONS, *MEMORY_SECTIONS]
 
