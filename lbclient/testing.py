@@ -311,10 +311,12 @@ class Backend:
 
     @property
     def url(self) -> str:
+        """The backend's base URL, ``http://127.0.0.1:PORT`` (the port stays the same across restarts)."""
         return f"http://{self.address}:{self.port}"
 
     @property
     def running(self) -> bool:
+        """True between :meth:`start` and :meth:`kill`."""
         return self._server is not None
 
     def start(self) -> None:
@@ -383,6 +385,7 @@ class Backend:
             )
 
     def reset_counts(self) -> None:
+        """Forget the requests counted so far (see :meth:`count`)."""
         with self._counts_lock:
             self._counts.clear()
 

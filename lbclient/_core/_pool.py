@@ -276,6 +276,7 @@ class Pool:
 
     @property
     def strategy(self) -> Strategy:
+        """The strategy object that picks hosts for this pool (one strategy serves one pool)."""
         return self._strategy
 
     @property
