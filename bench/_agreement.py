@@ -13,11 +13,14 @@ What the simulator needs is measured first, on the same five backends with none 
   its mean is the simulator's ``rtt``, its spread (a lognormal through its median and p75; the tail above
   is the stalls below, measured apart, so fitting it here would count them twice) ``rtt_sigma``;
 - the same run again with a watcher task on the event loop (sleeps of ``STALL_TICK``; one that wakes
-  more than ``STALL_MIN`` late saw a stall: a GC pause, the process waiting for a core): their rate and
-  mean length are the simulator's ``stall_rate`` and ``stall_mean``. They matter for ``peak_ewma``: a
-  stall makes every fast host's peak jump at once, so the slow host is tried again sooner (with none,
-  the simulator sent it 0.1% of the GETs at 8 tasks where the real client sent it about 1%, and the p99
-  hangs on that 1%);
+  more than ``STALL_MIN`` late, beyond the CPU the loop spent meanwhile, saw the process wait for a core),
+  plus garbage collections longer than ``STALL_MIN``: the stalls, shown for reference. They matter for
+  ``peak_ewma``: a stall makes every fast host's peak jump at once, so the slow host is tried again sooner
+  (with none, the simulator sent it 0.1% of the GETs at 8 tasks where the real client sent it about 1%,
+  and the p99 hangs on that 1%);
+- for every measured run, its own stalls, watched the same way (there are more under load: the backends'
+  process and the client compete for the 2 cores), given to that run's simulation as ``stall_rate`` and
+  ``stall_mean``;
 - for every measured run, its own CPU per request (the cost per GET falls as the client gets busier:
   a wake-up of the event loop serves more answers), which the simulator spends as one event loop,
   a request at a time.
@@ -34,11 +37,13 @@ process and whatever else runs share the other core), not the client's queue the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +78,8 @@ CALIBRATION_TASKS = 1
 CALIBRATION = {"full": (200, 1_000), "quick": (100, 300)}  # (warm-up, measured) GETs
 SLOW = SLOW_HOSTS // 2
 SEED = 0
+#: Rounds of the runs with the slow host; each figure is the median over them, real and simulated alike.
+ROUNDS = {"full": 3, "quick": 1}
 #: The stall watcher's sleep, and the lateness beyond which a wake-up counts as a stall (seconds). With one
 #: task the client's own work is about 1 ms of CPU per GET in several callbacks: none takes 2 ms.
 STALL_TICK = 0.001
@@ -117,34 +124,78 @@ class Calibration:
     stall_mean: float = 0.0
 
 
-async def _watch(lags: list[float], done: anyio.Event) -> None:
-    """How late each ``STALL_TICK`` sleep wakes, until ``done``."""
+@dataclass(frozen=True)
+class Stalls:
+    """The event loop's stalls over one run: how many, over how many seconds, and their mean length."""
+
+    count: int
+    seconds: float
+    mean: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    @classmethod
+    def of(cls, lengths: Sequence[float], seconds: float) -> Stalls:
+        return cls(len(lengths), seconds, statistics.fmean(lengths) if lengths else 0.0)
+
+
+async def _watch(lengths: list[float], done: anyio.Event) -> None:
+    """Stalls until ``done``: a ``STALL_TICK`` sleep that wakes more than ``STALL_MIN`` late *beyond the CPU
+    this thread used meanwhile*. Lateness spent running other callbacks is the client's own queue, which the
+    simulator models from the CPU per GET; what is left is time the process was ready but not running
+    (another process had the core)."""
     while not done.is_set():
-        before = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.thread_time()
         await anyio.sleep(STALL_TICK)
-        lags.append(time.perf_counter() - before - STALL_TICK)
+        late = time.perf_counter() - wall - STALL_TICK
+        off_cpu = late - (time.thread_time() - cpu)
+        if off_cpu > STALL_MIN:
+            lengths.append(off_cpu)
 
 
-async def _watched(farm: Farm, plan: TailSettings) -> tuple[list[float], float]:
-    """The all-fast run of ``plan`` with the watcher: the stalls longer than ``STALL_MIN``, and seconds."""
-    lags: list[float] = []
+@contextlib.contextmanager
+def _gc_pauses(lengths: list[float]) -> Iterator[None]:
+    """Garbage collections longer than ``STALL_MIN``: a pause of the whole loop, which the watcher counts as
+    CPU (it is this thread's), so they are timed here."""
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        elif (pause := time.perf_counter() - started) > STALL_MIN:
+            lengths.append(pause)
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+
+
+async def _watched(farm: Farm, strategy: str, slow: int | None, plan: TailSettings) -> tuple[Run, Stalls]:
+    """A run of ``_one_slow`` with the stall watcher and the GC timer on."""
+    lengths: list[float] = []
     done = anyio.Event()
-    async with anyio.create_task_group() as group:
-        group.start_soon(_watch, lags, done)
-        started = time.perf_counter()
-        await _one_slow(farm, "round_robin", None, plan)
-        seconds = time.perf_counter() - started
-        done.set()
-    return [lag for lag in lags if lag > STALL_MIN], seconds
+    with _gc_pauses(lengths):
+        async with anyio.create_task_group() as group:
+            group.start_soon(_watch, lengths, done)
+            started = time.perf_counter()
+            run = await _one_slow(farm, strategy, slow, plan)
+            seconds = time.perf_counter() - started
+            done.set()
+    return run, Stalls.of(lengths, seconds)
 
 
-def with_stalls(calibration: Calibration, stalls: Sequence[float], seconds: float) -> Calibration:
+def with_stalls(calibration: Calibration, stalls: Stalls) -> Calibration:
     return dataclasses.replace(
         calibration,
-        stalls=len(stalls),
-        stall_seconds=seconds,
-        stall_rate=len(stalls) / seconds,
-        stall_mean=statistics.fmean(stalls) if stalls else 0.0,
+        stalls=stalls.count,
+        stall_seconds=stalls.seconds,
+        stall_rate=stalls.rate,
+        stall_mean=stalls.mean,
     )
 
 
@@ -181,36 +232,61 @@ def calibrate(run: Run) -> Calibration:
 
 
 @dataclass
+class Trial:
+    """One real run, what it measured for the simulator, and the simulator's run of it."""
+
+    real: Run
+    cpu: float  # the real client's CPU per GET, given to the simulator
+    stalls: Stalls  # the real run's own stalls, given to the simulator
+    simulated: sim.SimResult
+
+
+@dataclass
 class Pair:
-    """One strategy at one concurrency: the real run and the simulator's."""
+    """One strategy at one concurrency: its trials, one per round. Real and simulated figures are each the
+    median over the rounds (the simulator's rounds differ in seed and in the inputs measured)."""
 
     tasks: int
     strategy: str  # a strategy, or BASELINE ("all-fast") for the run with no slow host
-    real: Run
-    simulated: sim.SimResult
-    cpu: float  # the real client's CPU per GET, given to the simulator
+    trials: list[Trial]
 
     @property
     def fast(self) -> bool:
-        return self.real.name == BASELINE
+        return self.strategy == BASELINE
 
     def real_share(self) -> float:
-        return self.real.arrivals[SLOW] / sum(self.real.arrivals)
+        return sum(t.real.arrivals[SLOW] for t in self.trials) / sum(sum(t.real.arrivals) for t in self.trials)
 
     def sim_share(self) -> float:
-        return self.simulated.host_attempts[SLOW] / sum(self.simulated.host_attempts)
+        slow = sum(t.simulated.host_attempts[SLOW] for t in self.trials)
+        return slow / sum(sum(t.simulated.host_attempts) for t in self.trials)
+
+    def real(self, name: str) -> list[float]:
+        """The real ``p50`` or ``p99`` of each round (seconds)."""
+        share = {"p50": 50, "p99": 99}[name]
+        return [percentile(t.real.ordered, share) for t in self.trials]
 
     def figures(self) -> dict[str, tuple[float, float]]:
-        """(real, simulated) p50 and p99, seconds."""
-        ordered = self.real.ordered
+        """(real, simulated) p50 and p99, seconds: medians over the rounds."""
         return {
-            "p50": (percentile(ordered, 50), self.simulated.p50),
-            "p99": (percentile(ordered, 99), self.simulated.p99),
+            "p50": (statistics.median(self.real("p50")), statistics.median(t.simulated.p50 for t in self.trials)),
+            "p99": (statistics.median(self.real("p99")), statistics.median(t.simulated.p99 for t in self.trials)),
         }
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(t.cpu for t in self.trials)
 
 
 def _simulate(
-    tasks: int, strategy: str, fast: bool, plan: TailSettings, calibration: Calibration, cpu: float
+    tasks: int,
+    strategy: str,
+    fast: bool,
+    plan: TailSettings,
+    calibration: Calibration,
+    cpu: float,
+    stalls: Stalls,
+    seed: int,
 ) -> sim.SimResult:
     (config,) = sim.single_client_configs(
         tasks,
@@ -221,28 +297,33 @@ def _simulate(
         rtt=calibration.rtt,
         rtt_sigma=calibration.rtt_sigma,
         client_cpu=cpu,
-        stall_rate=calibration.stall_rate,
-        stall_mean=calibration.stall_mean,
-        seed=SEED,
+        stall_rate=stalls.rate,
+        stall_mean=stalls.mean,
+        seed=seed,
     )
     return sim.run(config)
 
 
-async def _measure(plan: TailSettings, calibration_plan: TailSettings) -> tuple[Calibration, list[tuple[int, Run]]]:
-    """The calibration run, again with the stall watcher, then per concurrency the all-fast run, then with
-    the slow host every strategy at every concurrency. The same backends throughout (connections are per
-    client). The watcher's own wake-ups stay out of the calibration run's CPU and latencies."""
-    runs: list[tuple[int, Run]] = []
+async def _measure(
+    plan: TailSettings, calibration_plan: TailSettings, rounds: int
+) -> tuple[Calibration, list[tuple[int, Run, Stalls]]]:
+    """The calibration run, again with the stall watcher, then per concurrency the all-fast run, then
+    ``rounds`` rounds in which every strategy runs at every concurrency with the slow host (interleaved, so
+    a change in the machine's load falls on all of them alike), each watched for its own stalls. The same
+    backends throughout (connections are per client). The watcher's own wake-ups stay out of the
+    calibration run's CPU and latencies; in the measured runs they are part of the client's CPU per GET."""
+    runs: list[tuple[int, Run, Stalls]] = []
     with Farm([BASE_DELAY] * SLOW_HOSTS) as farm:
         calibration = calibrate(await _one_slow(farm, "round_robin", None, calibration_plan))
-        calibration = with_stalls(calibration, *await _watched(farm, calibration_plan))
+        calibration = with_stalls(calibration, (await _watched(farm, "round_robin", None, calibration_plan))[1])
         for tasks in CONCURRENCY:
-            runs.append((tasks, await _one_slow(farm, "round_robin", None, dataclasses.replace(plan, tasks=tasks))))
+            runs.append((tasks, *await _watched(farm, "round_robin", None, dataclasses.replace(plan, tasks=tasks))))
         farm.set_delay(SLOW, BASE_DELAY + SLOW_EXTRA)
-        for tasks in CONCURRENCY:
-            for strategy in STRATEGIES:
-                run = await _one_slow(farm, strategy, SLOW, dataclasses.replace(plan, tasks=tasks))
-                runs.append((tasks, run))
+        for _ in range(rounds):
+            for tasks in CONCURRENCY:
+                for strategy in STRATEGIES:
+                    run, stalls = await _watched(farm, strategy, SLOW, dataclasses.replace(plan, tasks=tasks))
+                    runs.append((tasks, run, stalls))
     return calibration, runs
 
 
@@ -255,7 +336,7 @@ def _verdict(ratio: float) -> str:
     return "ok" if low <= ratio <= high else ("high" if ratio > high else "low")
 
 
-def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings) -> Section:
+def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings, rounds: int) -> Section:
     low, high = BAND
     section = Section(
         key="agreement",
@@ -270,10 +351,12 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
             "sim p50 ms",
             "sim/real",
             "real p99 ms",
+            "real p99 each round",
             "sim p99 ms",
             "sim/real",
             "slow share real/sim",
             "CPU/GET ms",
+            "stalls /s / mean ms",
             "",
         ],
     )
@@ -291,10 +374,12 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
                 _ms(s50),
                 f"{ratios[0]:.2f}",
                 _ms(r99),
+                " ".join(_ms(value) for value in pair.real("p99")),
                 _ms(s99),
                 f"{ratios[1]:.2f}",
                 share,
                 f"{pair.cpu * 1000:.3f}",
+                ", ".join(f"{t.stalls.rate:.1f}/{_ms(t.stalls.mean)}" for t in pair.trials),
                 verdicts,
             ]
         )
@@ -312,8 +397,13 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
             )
     c = calibration
     section.notes += [
-        f"{plan.requests:,} GETs per run after {plan.warmup:,} of warm-up; the simulator runs the same numbers, "
-        f"seed {SEED}; 'all-fast' rows (round_robin, no slow host) check the client-CPU queue and have no bar",
+        f"{plan.requests:,} GETs per run after {plan.warmup:,} of warm-up, {rounds} round(s) of every run with the "
+        f"slow host, interleaved; each figure is the median over the rounds, real and simulated (seeds {SEED}.."
+        f"{SEED + rounds - 1}); 'all-fast' rows (round_robin, no slow host, one run) check the client-CPU queue "
+        "and have no bar",
+        "peak_ewma's p99 is on a knife edge: it sends about 1% of GETs to the slow host, so its p99 is either a "
+        "fast answer or a slow one depending on whether that share is just under or just over 1% (about +-20% "
+        "from sampling alone at 3,000 GETs); the 'each round' column shows how far real rounds differ",
         f"measured for the simulator, one task and no slow host ({c.requests:,} GETs): p50 {_ms(c.p50)} ms, p99 "
         f"{_ms(c.p99)} ms, client CPU {c.cpu_per_request * 1000:.3f} ms/GET; beyond the servers' "
         f"{BASE_DELAY * 1000:g} ms and that CPU: median {_ms(c.rtt_p50)} ms, p75 {_ms(c.rtt_p75)} ms, "
@@ -321,7 +411,9 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
         f"{_ms(c.rtt)} ms (mean), rtt_sigma {c.rtt_sigma:.3f} (lognormal); event-loop stalls over "
         f"{STALL_MIN * 1000:g} ms in the same run watched again: {c.stalls} in {c.stall_seconds:.1f} s -> "
         f"stall_rate {c.stall_rate:.1f}/s, stall_mean {_ms(c.stall_mean)} ms (exponential)",
-        "client_cpu of each simulated run = the real run's own process_time / GETs (the CPU/GET column)",
+        "client_cpu of each simulated run = the real run's own process_time / GETs (the CPU/GET column); "
+        "stall_rate and stall_mean = the real run's own stalls (the stalls column: wake-ups of a 1 ms watcher "
+        f"late by more than {STALL_MIN * 1000:g} ms beyond the CPU the loop used meanwhile, and GC pauses)",
         f"{max(CONCURRENCY) * 2} tasks left out: the client's event loop saturates (about 0.5 ms of CPU per GET, "
         "~1,900 GETs/s at 16 on 2 cores), and past that the real latencies measure the OS scheduler",
     ]
@@ -342,16 +434,22 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
             {
                 "tasks": pair.tasks,
                 "strategy": pair.strategy,
-                "client_cpu_per_request": pair.cpu,
-                "real": pair.real.summary(None if pair.fast else SLOW),
-                "simulated": {
-                    "p50": pair.simulated.p50,
-                    "p99": pair.simulated.p99,
-                    "p999": pair.simulated.p999,
-                    "host_attempts": pair.simulated.host_attempts,
-                    "simulated_seconds": pair.simulated.simulated_seconds,
-                },
                 "ratios": {name: simulated / real for name, (real, simulated) in pair.figures().items()},
+                "trials": [
+                    {
+                        "client_cpu_per_request": t.cpu,
+                        "stalls": {**dataclasses.asdict(t.stalls), "rate": t.stalls.rate},
+                        "real": t.real.summary(None if pair.fast else SLOW),
+                        "simulated": {
+                            "p50": t.simulated.p50,
+                            "p99": t.simulated.p99,
+                            "p999": t.simulated.p999,
+                            "host_attempts": t.simulated.host_attempts,
+                            "simulated_seconds": t.simulated.simulated_seconds,
+                        },
+                    }
+                    for t in pair.trials
+                ],
             }
             for pair in pairs
         ],
@@ -363,12 +461,15 @@ def agreement(settings: Settings) -> Section:
     plan = QUICK if settings.name == "quick" else FULL
     warmup, requests = CALIBRATION[settings.name]
     calibration_plan = dataclasses.replace(plan, tasks=CALIBRATION_TASKS, warmup=warmup, requests=requests)
-    calibration, runs = anyio.run(_measure, plan, calibration_plan, backend="asyncio")
-    pairs = []
-    for tasks, run in runs:
+    rounds = ROUNDS[settings.name]
+    calibration, runs = anyio.run(_measure, plan, calibration_plan, rounds, backend="asyncio")
+    pairs: dict[tuple[int, str], Pair] = {}
+    for tasks, run, stalls in runs:
         fast = run.name == BASELINE
         strategy = "round_robin" if fast else run.name
+        pair = pairs.setdefault((tasks, run.name), Pair(tasks, run.name, []))
         cpu = cpu_per_request(run)
-        simulated = _simulate(tasks, strategy, fast, plan, calibration, cpu)
-        pairs.append(Pair(tasks, BASELINE if fast else strategy, run, simulated, cpu))
-    return _section(pairs, calibration, plan)
+        seed = SEED + len(pair.trials)
+        simulated = _simulate(tasks, strategy, fast, plan, calibration, cpu, stalls, seed)
+        pair.trials.append(Trial(run, cpu, stalls, simulated))
+    return _section(list(pairs.values()), calibration, plan, rounds)
