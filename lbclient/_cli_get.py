@@ -72,6 +72,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def strategy_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--strategy NAME``: one of the built-in strategies (``lbclient get``, ``proxy``, ``tcp-proxy``)."""
+    parser.add_argument(
+        "--strategy",
+        default=default,
+        choices=list(STRATEGIES),
+        metavar="NAME",
+        help=f"one of {', '.join(STRATEGIES)} (default: %(default)s)",
+    )
+
+
+#: ``--log-level`` of the long-running commands.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0; the error names the value."""
     try:
@@ -365,13 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hosts", nargs="+", required=True, metavar="URL", help="the pool's hosts")
     parser.add_argument("-n", "--requests", type=positive_int, default=200, help="requests in all (default 200)")
     parser.add_argument("-c", "--concurrency", type=positive_int, default=8, help="concurrent tasks (default 8)")
-    parser.add_argument(
-        "--strategy",
-        choices=list(STRATEGIES),
-        default="round_robin",
-        metavar="S",
-        help=f"one of {', '.join(STRATEGIES)} (default round_robin)",
-    )
+    strategy_option(parser, "round_robin")
     parser.add_argument("--method", "-X", type=_method, default="GET", metavar="M", help="HTTP method (default GET)")
     parser.add_argument(
         "--timeout", type=positive_float, default=10.0, help="seconds per request, retries included (default 10)"

@@ -54,8 +54,9 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from ._cli_get import LOG_LEVELS, strategy_option
 from ._client import AsyncLBClient
-from ._core import STRATEGIES, HealthCheck, HostLike, RetryPolicy
+from ._core import HealthCheck, HostLike, RetryPolicy
 from ._discovery import Discovery
 from ._exceptions import NoAvailableHostError
 
@@ -404,20 +405,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lbclient proxy``."""
     parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default: %(default)s")
     parser.add_argument("--hosts", nargs="+", required=True, metavar="URL", help="the upstream hosts")
-    parser.add_argument(
-        "--strategy",
-        default="round_robin",
-        choices=list(STRATEGIES),
-        metavar="NAME",
-        help=f"one of {', '.join(STRATEGIES)} (default: %(default)s)",
-    )
+    strategy_option(parser, "round_robin")
     parser.add_argument("--retries", type=int, default=3, metavar="N", help="attempts in all (default: 3)")
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="upstream timeouts (default: %(default)s)"
     )
     parser.add_argument("--health-check", action="store_true", help="probe each host's /health actively")
     parser.add_argument("--health-path", default="/health", help="the proxy's own health endpoint")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
 def run(args: argparse.Namespace) -> int:

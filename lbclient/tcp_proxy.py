@@ -53,7 +53,8 @@ import tenacity
 
 from ._background import TaskLoop
 from ._balancer import _log_event
-from ._core import DEFAULT_PANIC_THRESHOLD, STRATEGIES, Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
+from ._cli_get import LOG_LEVELS, positive_float, positive_int, strategy_option
+from ._core import DEFAULT_PANIC_THRESHOLD, Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
 from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
 from ._core._retry import RetryBudget
 from ._discovery import Discovery, Refresher
@@ -327,18 +328,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lbclient tcp-proxy``."""
     parser.add_argument("--listen", default="127.0.0.1:6000", metavar="HOST:PORT", help="default: %(default)s")
     parser.add_argument("--hosts", nargs="+", required=True, metavar="HOST:PORT", help="the upstream hosts")
+    strategy_option(parser, "least_connections")
+    parser.add_argument("--retries", type=positive_int, default=3, metavar="N", help="connect attempts (default: 3)")
     parser.add_argument(
-        "--strategy",
-        default="least_connections",
-        choices=list(STRATEGIES),
-        metavar="NAME",
-        help=f"one of {', '.join(STRATEGIES)} (default: %(default)s)",
+        "--connect-timeout", type=positive_float, default=5.0, metavar="SECONDS", help="default: %(default)s"
     )
-    parser.add_argument("--retries", type=int, default=3, metavar="N", help="connect attempts in all (default: 3)")
-    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS", help="default: %(default)s")
-    parser.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS", help="default: none")
+    parser.add_argument("--idle-timeout", type=positive_float, default=None, metavar="SECONDS", help="default: none")
     parser.add_argument("--health-check", action="store_true", help="probe each host with a TCP connect")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
 def run(args: argparse.Namespace) -> int:
