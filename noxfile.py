@@ -49,5 +49,5 @@ def bench(session: nox.Session) -> None:
         session.run("bash", "bench/install-server.sh", "nginx", "nginx-light", "nginx", external=True)
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
         session.run("bash", "bench/install-server.sh", "haproxy", "haproxy", external=True)
-    session.install("-e", ".[proxy]")  # uvicorn, for lbclient proxy against nginx and HAProxy
+    session.install("-e", ".[proxy,httpx2]")  # uvicorn, for lbclient proxy against nginx and HAProxy; httpx2
     session.run("python", "-m", "bench", *session.posargs)

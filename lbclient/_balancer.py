@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -258,14 +259,20 @@ InnerT = TypeVar("InnerT")
 SUBPOOL_CONNECTIONS = 4
 
 
-def inner_factory(cls: Callable[..., InnerT], options: dict[str, Any]) -> Callable[[httpx.Limits | None], InnerT]:
+def inner_factory(
+    cls: Callable[..., InnerT],
+    options: dict[str, Any],
+    *,
+    create_ssl_context: Callable[..., ssl.SSLContext] = httpx.create_ssl_context,
+) -> Callable[[httpx.Limits | None], InnerT]:
     """Builds ``cls(**options)``, or with other ``limits``; every transport it builds shares one TLS
-    context (building one reads the CA bundle: milliseconds per transport otherwise)."""
+    context, made by ``create_ssl_context`` (building one reads the CA bundle: milliseconds per transport
+    otherwise)."""
     shared: dict[str, Any] = {}
 
     def build(limits: httpx.Limits | None) -> InnerT:
         if not shared:
-            context = httpx.create_ssl_context(
+            context = create_ssl_context(
                 verify=options.get("verify", True), cert=options.get("cert"), trust_env=options.get("trust_env", True)
             )
             shared.update(options, verify=context, cert=None)

@@ -140,9 +140,15 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             service=service,
         )
         options = dict(transport_options or {})
-        self._inners = _Inners(transport, inner_factory(httpx.HTTPTransport, options), options)
+        self._inners = _Inners(transport, self._inner_factory(options), options)
         self._closed = False
         self._loops = [chore.thread() for chore in self._balancer.chores]
+
+    @staticmethod
+    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.BaseTransport]:
+        """Builds the default inner transports (each host's small pools, and the one for other hosts).
+        ``lbclient.httpx2`` overrides it to send through httpx2's own transports."""
+        return inner_factory(httpx.HTTPTransport, options)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
@@ -245,9 +251,14 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             hedge=hedge,
         )
         options = dict(transport_options or {})
-        self._inners = _Inners(transport, inner_factory(httpx.AsyncHTTPTransport, options), options)
+        self._inners = _Inners(transport, self._inner_factory(options), options)
         self._closed = False
         self._loops = [chore.task() for chore in self._balancer.chores]
+
+    @staticmethod
+    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.AsyncBaseTransport]:
+        """Builds the default inner transports, as :meth:`LoadBalancingTransport._inner_factory`."""
+        return inner_factory(httpx.AsyncHTTPTransport, options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         balancer = self._balancer
