@@ -131,6 +131,55 @@ def _log_event(service: str, on_event: Callable[[PoolEvent], None] | None) -> Ca
     return log
 
 
+def live_pool(
+    hosts: Iterable[HostLike] | Discovery,
+    strategy: str | Strategy,
+    *,
+    service: str,
+    panic_threshold: float,
+    outlier_detection: OutlierDetection | bool | None,
+    health_check: HealthCheck | None,
+    slow_start: float,
+    on_event: Callable[[PoolEvent], None] | None,
+    host_check: Callable[[Host], None] | None = None,
+    latency_window: int = 0,
+) -> tuple[Pool, Refresher | None]:
+    """A pool on the real clock, with a lock for threads and events logged (and given to ``on_event``),
+    and the refresher that follows ``hosts`` when it is a discovery source (None for a list)."""
+    made: list[Pool] = []
+    refresher = None
+    if isinstance(hosts, Discovery):
+        refresher = Refresher(hosts, lambda: made[0], service)
+        hosts = refresher.first()
+    pool = Pool(
+        hosts,
+        strategy,
+        clock=time.monotonic,
+        rng=random.Random(),
+        lock=threading.Lock(),
+        panic_threshold=panic_threshold,
+        outlier_detection=OutlierDetection.coerce(outlier_detection),
+        health_check=health_check,
+        slow_start=slow_start,
+        listener=_log_event(service, on_event),
+        host_check=host_check,
+        latency_window=latency_window,
+    )
+    made.append(pool)
+    return pool, refresher
+
+
+def retry_budget(policy: RetryPolicy) -> RetryBudget:
+    """The retry budget ``policy`` describes, on the real clock, safe to share between threads."""
+    return RetryBudget(
+        policy.budget_ratio,
+        policy.budget_min_retries,
+        policy.budget_window,
+        clock=time.monotonic,
+        lock=threading.Lock(),
+    )
+
+
 class _Balancer:
     """The pool, its retry budget and settings: one per transport."""
 
@@ -166,33 +215,21 @@ class _Balancer:
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
         self.hedge = Hedge.coerce(hedge)
-        self._rng = random.Random()
         self._targets: dict[str, _Target] = {}
-        refresher = None
-        if isinstance(hosts, Discovery):
-            refresher = Refresher(hosts, lambda: self.pool, self.service)
-            hosts = refresher.first()
-        self.pool = Pool(
+        self._rng = random.Random()  # backoff jitter
+        self.pool, refresher = live_pool(
             hosts,
             strategy,
-            clock=time.monotonic,
-            rng=self._rng,
-            lock=threading.Lock(),
+            service=self.service,
             panic_threshold=panic_threshold,
-            outlier_detection=OutlierDetection.coerce(outlier_detection),
+            outlier_detection=outlier_detection,
             health_check=self.health_check,
             slow_start=slow_start,
-            listener=_log_event(self.service, on_event),
+            on_event=on_event,
             host_check=self._check_sendable,
             latency_window=1024 if self.hedge is not None and self.hedge.delay is None else 0,
         )
-        self.budget = RetryBudget(
-            self.retries.budget_ratio,
-            self.retries.budget_min_retries,
-            self.retries.budget_window,
-            clock=time.monotonic,
-            lock=threading.Lock(),
-        )
+        self.budget = retry_budget(self.retries)
         self.hedge_budget = None
         if self.hedge is not None:
             ratio, window = self.hedge.budget_ratio, self.hedge.budget_window

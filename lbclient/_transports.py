@@ -151,6 +151,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         return inner_factory(httpx.HTTPTransport, options)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send a pool request to a host of the pool (retried as the policy allows); any other request
+        goes straight to the inner transport."""
         balancer = self._balancer
         if not balancer.owns(request):
             return self._inners.passthrough().handle_request(request)
@@ -206,6 +208,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         return response
 
     def close(self) -> None:
+        """Stop the health checks and discovery thread, and close the inner transports."""
         if not self._closed:
             self._closed = True
             for loop in self._loops:
@@ -261,6 +264,8 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         return inner_factory(httpx.AsyncHTTPTransport, options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send a pool request to a host of the pool (retried, and hedged, as configured); any other
+        request goes straight to the inner transport."""
         balancer = self._balancer
         if not balancer.owns(request):
             return await self._inners.passthrough().handle_async_request(request)
@@ -383,6 +388,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         return self
 
     async def aclose(self) -> None:
+        """Stop the health-check and discovery tasks, and close the inner transports."""
         if not self._closed:
             self._closed = True
             for loop in self._loops:

@@ -36,13 +36,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import random
 import signal
 import socket
 import struct
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,11 +49,10 @@ import anyio.abc
 import tenacity
 
 from ._background import TaskLoop
-from ._balancer import _log_event
+from ._balancer import live_pool, retry_budget
 from ._cli_get import LOG_LEVELS, positive_float, positive_int, strategy_option
-from ._core import DEFAULT_PANIC_THRESHOLD, Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
+from ._core import DEFAULT_PANIC_THRESHOLD, Host, HostLike, HostState, Lease, PoolEvent, Strategy
 from ._core._config import HealthCheck, OutlierDetection, RetryPolicy
-from ._core._retry import RetryBudget
 from ._discovery import Discovery, Refresher
 from ._exceptions import NoAvailableHostError
 from ._health import HealthChecks
@@ -152,31 +148,18 @@ class TCPProxy:
         self.service = service
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
-        refresher = None
-        if isinstance(hosts, Discovery):
-            refresher = Refresher(hosts, lambda: self.pool, service)
-            hosts = refresher.first()
-        self._rng = random.Random()
         #: The live pool: ``pool.hosts``, ``pool.stats()``, ``pool.update(...)``, as on the clients.
-        self.pool = Pool(
-            _tcp_hosts(hosts),
+        self.pool, refresher = live_pool(
+            hosts if isinstance(hosts, Discovery) else _tcp_hosts(hosts),
             strategy,
-            clock=time.monotonic,
-            rng=self._rng,
-            lock=threading.Lock(),
+            service=service,
             panic_threshold=panic_threshold,
-            outlier_detection=OutlierDetection.coerce(outlier_detection),
+            outlier_detection=outlier_detection,
             health_check=self.health_check,
             slow_start=slow_start,
-            listener=_log_event(service, on_event),
+            on_event=on_event,
         )
-        self._budget = RetryBudget(
-            self.retries.budget_ratio,
-            self.retries.budget_min_retries,
-            self.retries.budget_window,
-            clock=time.monotonic,
-            lock=threading.Lock(),
-        )
+        self._budget = retry_budget(self.retries)
         self._keyed = self.pool.strategy.key_source is not None
         self._chores: list[HealthChecks | Refresher] = []
         if self.health_check is not None:
