@@ -33,14 +33,17 @@ _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _PR_SET_PDEATHSIG = 1
 
-_CONFIG = """\
+#: The top of every nginx config of the benchmarks (this plain backend's, and _proxies' backends and
+#: proxy): one worker in the foreground, files in ``root``, no access log, connections kept for the run.
+#: The ``http`` block is left open for the servers.
+NGINX_HEAD = """\
 worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
 
 events {{
-    worker_connections 1024;
+    worker_connections 4096;
 }}
 
 http {{
@@ -53,7 +56,11 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
+"""
 
+_CONFIG = (
+    NGINX_HEAD
+    + """
     server {{
         listen {host}:{port};
         server_name _;
@@ -63,6 +70,7 @@ http {{
     }}
 }}
 """
+)
 
 
 @dataclass(frozen=True)

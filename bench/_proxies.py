@@ -72,7 +72,7 @@ import httpx
 
 import lbclient
 
-from ._nginx import LOOPBACK, _command, _die_with_parent, _free_port, _version, find_nginx
+from ._nginx import LOOPBACK, NGINX_HEAD, _command, _die_with_parent, _free_port, _version, find_nginx
 from ._report import Ratio, Section, fmt_ratio
 from ._rounds import Plan, Rounds
 from ._settings import Settings
@@ -136,35 +136,13 @@ def _regimes(tasks: int) -> tuple[Regime, ...]:
     )
 
 
-_NGINX_HEAD = """\
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-
-events {{
-    worker_connections 4096;
-}}
-
-http {{
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 10000000;
-    keepalive_timeout 600s;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-"""
-
 _STUB_STATUS = """
         location = {path} {{
             stub_status;
         }}"""
 
 _BACKEND_CONFIG = (
-    _NGINX_HEAD
+    NGINX_HEAD
     + """
     server {{
         listen {host}:{port};
@@ -179,7 +157,7 @@ _BACKEND_CONFIG = (
 )
 
 _NGINX_PROXY_CONFIG = (
-    _NGINX_HEAD
+    NGINX_HEAD
     + """
     upstream backends {{
         least_conn;
