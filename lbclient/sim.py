@@ -63,6 +63,7 @@ from ._core import (
     OutlierDetection,
     Pool,
     RetryPolicy,
+    RoundRobin,
     Strategy,
     make_strategy,
 )
@@ -1139,10 +1140,21 @@ HERD_HOSTS = 50
 HERD_CLIENTS = 100
 
 
+#: The control of a1: round robin with the same generator in every client, so every rotation starts at the
+#: same host, as every strategy's did before each client drew its own start.
+SAME_START = "round_robin seeded alike"
+
+
+def _same_start() -> Strategy:
+    return RoundRobin(rng=random.Random(0))
+
+
 def _herding(scale: float, seed: int) -> list[Part]:
     """Every client sees only its own requests. At a few requests in flight per client every host looks
     idle to every client, so what decides a pick is the tie-break (or a latency every client measures
-    alike): when that is the same in every client, they all pick the same host at once."""
+    alike): when that is the same in every client, they all pick the same host at once. The strategies
+    draw their start (round robin) or their first tie-break order (least-loaded) from each client's own
+    generator, so a1 compares them with a control that gives every client the same one."""
     hosts = tuple(HostModel(latency=0.020, workers=4) for _ in range(HERD_HOSTS))
     restart = Workload(clients=HERD_CLIENTS, requests=_sized(40_000, scale), loop="open", rate=40.0)
     # The fleet has run a while (clients started over 3 s): then a host joins, or one gets faster.
@@ -1163,7 +1175,10 @@ def _herding(scale: float, seed: int) -> list[Part]:
         Part(
             f"a1. fleet restarted together: {HERD_CLIENTS} clients x {HERD_HOSTS} hosts (20 ms, 4 workers each), "
             "40 req/s per client (open loop, 40% busy), all clients start at t=0",
-            tuple(SimConfig(hosts, restart, s, seed=seed, window=0.1) for s in FLEET_STRATEGIES),
+            (
+                *(SimConfig(hosts, restart, s, seed=seed, window=0.1) for s in FLEET_STRATEGIES),
+                SimConfig(hosts, restart, _same_start, seed=seed, window=0.1, label=SAME_START),
+            ),
         ),
         Part(
             f"a2. a host joins every pool at t={change_at:.1f}s (host {HERD_HOSTS - 1}; clients started over 3 s, "

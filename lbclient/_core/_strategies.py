@@ -8,6 +8,13 @@ O(1) or O(log n), so the balancer's cost stays flat from 10 to 10,000 hosts.
 
 Randomness comes from ``self.rng`` (a ``random.Random``; the pool gives its own to a strategy that has
 none) and time from the ``now`` argument, so a seeded generator and a fake clock replay a run exactly.
+
+No strategy starts every pool at the same host: round robin starts its rotation at a random host (as
+Envoy does), smooth weighted round robin at a random host of each weight class, and the least-loaded
+strategies break their first ties in a random order. A fleet of clients started together would otherwise
+send every client's first request to the first host, its second to the second, and so on. Each draw comes
+from ``self.rng``, so a strategy given a seeded generator (``RoundRobin(rng=random.Random(0))``) repeats
+the same order on every run.
 """
 
 from __future__ import annotations
@@ -112,13 +119,28 @@ class Strategy(ABC):
 
 
 class RoundRobin(Strategy):
-    """Each candidate in turn, in configuration order."""
+    """Each candidate in turn, in configuration order, starting at a random candidate.
+
+    The start is drawn once from the strategy's generator, when the first candidates arrive, so that a
+    fleet of clients started together does not send every first request to the same host (Envoy does the
+    same); after that the candidates take plain turns, and each gets exactly one pick per round. When
+    the candidates change the rotation keeps its place (the same position in the new list). For a fixed
+    order (in your own tests) give it a seeded generator: ``RoundRobin(rng=random.Random(0))`` replays
+    the same order on every run; which host comes first depends on the seed and the host count.
+    """
 
     name = "round_robin"
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
         super().__init__(rng=rng)
         self._next = 0
+        self._started = False
+
+    def update(self, view: PoolView) -> None:
+        super().update(view)
+        if not self._started and view.candidates:
+            self._started = True
+            self._next = int(self._random().random() * len(view.candidates))
 
     def pick(self, key: str | None, now: float) -> HostState | None:
         candidates = self._view.candidates
@@ -137,6 +159,16 @@ class WeightedRoundRobin(Strategy):
     exact and O(number of distinct weights). With more than ``max_classes`` distinct weights the pick
     switches to an earliest-deadline-first heap (the scheduler Envoy uses): the same shares, O(log n),
     with a slightly different interleaving. Non-integer weights are honoured to 1/1000.
+
+    So that a fleet of clients does not walk the cycle in step, each time the schedule is built (first
+    candidates, then every change of candidates or weights, where nginx's cycle restarts too) the hosts of
+    each weight class are rotated by a random offset among their places in the configuration: the picks
+    are exactly nginx's sequence for that reordered configuration (for equal weights, nginx's order
+    started at a random host), and every cycle of sum(weights) picks gives each host its weight. The
+    class that comes first in a cycle (the heaviest) is still picked first by every client: starting at a
+    random point of the cycle would need replaying up to sum(weights) picks per rebuild. The EDF heap
+    starts each host at a random point within its first period. A seeded generator
+    (``WeightedRoundRobin(rng=random.Random(0))``) repeats the same order on every run.
     """
 
     name = "weighted_round_robin"
@@ -164,13 +196,18 @@ class WeightedRoundRobin(Strategy):
             by_weight.setdefault(weight, []).append((index, host))
         self._total = sum(weights)
         self._step = 0
-        if len(by_weight) <= self.max_classes:
-            self._classes = [_WeightClass(w, members) for w, members in by_weight.items()]
+        if not candidates:
+            self._classes = []
+            self._edf = []
+        elif len(by_weight) <= self.max_classes:
+            rng = self._random()
+            self._classes = [_WeightClass(w, members, rng) for w, members in by_weight.items()]
             self._edf = []
         else:
+            rng = self._random()
             self._classes = []
             self._edf_weights = weights
-            self._edf = [(1.0 / w, i) for i, w in enumerate(weights)]
+            self._edf = [(rng.random() / w, i) for i, w in enumerate(weights)]
             heapq.heapify(self._edf)
 
     def pick(self, key: str | None, now: float) -> HostState | None:
@@ -199,13 +236,21 @@ class WeightedRoundRobin(Strategy):
 
 
 class _WeightClass:
-    """Hosts of one weight; inside the class smooth WRR picks them in configuration order."""
+    """Hosts of one weight; inside the class smooth WRR picks them in configuration order.
+
+    ``members`` pairs each place (index in the candidates, which breaks ties between classes) with the
+    host that takes it: the hosts are rotated by a random offset over the class's places, as if they had
+    been configured in that order.
+    """
 
     __slots__ = ("weight", "members", "turn")
 
-    def __init__(self, weight: int, members: list[tuple[int, HostState]]) -> None:
+    def __init__(self, weight: int, members: list[tuple[int, HostState]], rng: random.Random) -> None:
         self.weight = weight
-        self.members = members
+        offset = int(rng.random() * len(members))
+        hosts = [host for _, host in members]
+        hosts = hosts[offset:] + hosts[:offset]
+        self.members = [(index, host) for (index, _), host in zip(members, hosts, strict=True)]
         self.turn = 0
 
     def score(self, step: int, total: int) -> tuple[int, int]:
@@ -260,8 +305,14 @@ class _LeastLoaded(Strategy):
     longer the host's are dropped when they reach the top. Equal loads are broken by a virtual time per
     host that advances by ``1 / weight`` at each pick (stride scheduling, Waldspurger and Weihl 1995):
     idle hosts then share requests in proportion to their weights, or take plain turns when
-    ``weighted_ties`` is off. Virtual times survive updates; a host that joins starts at the lowest
-    virtual time of the others, so it is neither flooded nor starved.
+    ``weighted_ties`` is off. The first virtual times are drawn at random within one stride (uniform in
+    ``[0, 1 / weight)``, or ``[0, 1)`` for plain turns), so ties break in a different order in each
+    client of a fleet while every span of one unit of virtual time still gives each idle host exactly its
+    weight in picks. Virtual times survive updates; a host that joins starts at a random point within
+    one stride above the lowest virtual time of the others, so it is neither flooded nor starved, and a
+    fleet whose pools all learn of it at once sends it their first requests spread over a round rather
+    than all at the next pick. A seeded generator (``LeastConnections(rng=random.Random(0))``) repeats
+    the same order on every run.
     """
 
     tracks_load = True
@@ -283,8 +334,14 @@ class _LeastLoaded(Strategy):
         super().update(view)
         candidates = view.candidates
         previous = self._passes
+        # Hosts without a virtual time (all of them at first, then those that join) draw one at random
+        # within a stride above the lowest that is kept (0 when none is): an order of their own per client.
         floor = min((previous[h] for h in candidates if h in previous), default=0.0)
-        self._passes = {host: previous.get(host, floor) for host in candidates}
+        rng = self._random() if any(h not in previous for h in candidates) else None
+        self._passes = {
+            host: previous[host] if host in previous or rng is None else floor + rng.random() * self._stride(host)
+            for host in candidates
+        }
         self._index = {host: i for i, host in enumerate(candidates)}
         self._stamps = [0] * len(candidates)
         self._rebuild()
@@ -311,10 +368,13 @@ class _LeastLoaded(Strategy):
             _, virtual_time, stamp, index = heap[0]
             if stamps[index] == stamp:
                 host = self._view.candidates[index]
-                self._passes[host] = virtual_time + (1.0 / host.effective_weight if self.weighted_ties else 1.0)
+                self._passes[host] = virtual_time + self._stride(host)
                 return host
             heapq.heappop(heap)
         return None
+
+    def _stride(self, host: HostState) -> float:
+        return 1.0 / host.effective_weight if self.weighted_ties else 1.0
 
 
 class LeastConnections(_LeastLoaded):
@@ -441,6 +501,10 @@ class _KeyedHash(Strategy):
         self._cumulative: list[float] = []
         self._round_robin = RoundRobin()
 
+    def attach(self, rng: random.Random) -> None:
+        super().attach(rng)
+        self._round_robin.attach(self._random())
+
     def update(self, view: PoolView) -> None:
         super().update(view)
         self._cumulative = list(accumulate(h.weight for h in view.members))
@@ -501,6 +565,10 @@ class ConsistentHash(Strategy):
         self._ring_members: tuple[tuple[str, float], ...] = ()
         self._points: dict[tuple[str, int], list[int]] = {}
         self._round_robin = RoundRobin()
+
+    def attach(self, rng: random.Random) -> None:
+        super().attach(rng)
+        self._round_robin.attach(self._random())
 
     def update(self, view: PoolView) -> None:
         super().update(view)

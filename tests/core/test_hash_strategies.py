@@ -155,7 +155,11 @@ def test_hash_honours_weights(strategy: str) -> None:
 @pytest.mark.parametrize("strategy", HASH_STRATEGIES)
 def test_key_none_goes_round_robin(strategy: str) -> None:
     pool = make_pool(servers(3), strategy)
-    assert [route(pool, None) for _ in range(7)] == [servers(3)[i % 3] for i in range(7)]
+    sequence = [route(pool, None) for _ in range(7)]
+    start = servers(3).index(sequence[0])  # a random start, as round robin's, then turns
+    assert sequence == [servers(3)[(start + i) % 3] for i in range(7)]
+    starts = {route(make_pool(servers(3), strategy, seed=seed), None) for seed in range(30)}
+    assert starts == set(servers(3))
     pool.hosts[1].ejected = True
     pool.refresh()
     assert [route(pool, None) for _ in range(4)].count(servers(3)[1]) == 0

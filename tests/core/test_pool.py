@@ -58,11 +58,11 @@ def test_hosts_is_a_new_list_of_live_states() -> None:
     listing = pool.hosts
     listing.clear()
     assert len(pool.hosts) == 2
-    live = pool.hosts[0]
+    live = pool.hosts
     lease = pool.acquire()
     assert lease is not None
-    assert lease.host is live
-    assert live.outstanding == 1
+    assert any(lease.host is state for state in live)
+    assert [state.outstanding for state in live] == [int(lease.host is state) for state in live]
 
 
 def test_counters_and_idempotent_release() -> None:
@@ -235,9 +235,12 @@ def test_update_back_and_forth() -> None:
 
 def test_update_with_drain_stops_new_requests() -> None:
     pool, _ = make_pool(["a", "b"])
-    held = pool.acquire()
-    assert held is not None
-    assert held.host.url == "http://a"
+    first, second = pool.acquire(), pool.acquire()  # round robin: one of the two on each host
+    assert first is not None
+    assert second is not None
+    held, other = (first, second) if first.host.url == "http://a" else (second, first)
+    assert (held.host.url, other.host.url) == ("http://a", "http://b")
+    other.release(failed=False)
     pool.update([{"url": "a", "weight": 0}, "b"])
     a = state_of(pool, "a")
     assert a.outstanding == 1  # in flight, kept

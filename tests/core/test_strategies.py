@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -83,6 +84,19 @@ def in_panic(pool: Pool) -> bool:
 
 def by_url(pool: Pool) -> dict[str, HostState]:
     return {h.url.removeprefix("http://"): h for h in pool.hosts}
+
+
+def assert_turns(sequence: list[str], order: list[str]) -> None:
+    """``sequence`` takes ``order``'s hosts in turn (cyclically), from wherever it starts."""
+    start = order.index(sequence[0])
+    assert sequence == [order[(start + i) % len(order)] for i in range(len(sequence))], (sequence, order)
+
+
+def assert_repeats(sequence: list[str], hosts: list[str]) -> None:
+    """Every host once per round, in one order (any order) that repeats round after round."""
+    first = sequence[: len(hosts)]
+    assert sorted(first) == sorted(hosts), sequence
+    assert sequence == [first[i % len(hosts)] for i in range(len(sequence))], sequence
 
 
 def test_strategy_table_is_complete() -> None:
@@ -236,7 +250,7 @@ def test_panic_spreads_over_every_member(strategy: str) -> None:
     for i in range(400):
         lease = pool.acquire(f"key-{i}" if strategy in HASH_STRATEGIES else None)
         assert lease is not None
-        clock.advance(0.01)
+        clock.advance(1 / 128)  # exact in binary: equal latencies are equal, not decided by float noise
         lease.release(failed=False)
         seen[lease.host.url] += 1
     assert set(seen) == {url(n) for n in names(5)}
@@ -308,20 +322,72 @@ def test_none_when_every_host_is_drained_by_hand(strategy: str) -> None:
 
 def test_round_robin_order() -> None:
     pool, _ = make_pool(names(3))
-    assert picks(pool, 7) == ["h0", "h1", "h2", "h0", "h1", "h2", "h0"]
+    assert_turns(picks(pool, 7), names(3))
 
 
 def test_round_robin_ignores_weights_and_skips_unavailable() -> None:
     pool, _ = make_pool(["h0", {"url": "h1", "weight": 5}, "h2", "h3"])
-    assert picks(pool, 4) == ["h0", "h1", "h2", "h3"]
+    assert_turns(picks(pool, 4), names(4))
     by_url(pool)["h1"].ejected = True
     pool.refresh()
     sequence = picks(pool, 9)
     assert "h1" not in sequence
+    assert_turns(sequence, ["h0", "h2", "h3"])
     assert Counter(sequence) == {"h0": 3, "h2": 3, "h3": 3}
     # held leases do not change the order
     pool2, _ = make_pool(names(3))
-    assert [lease.host.url for lease in hold(pool2, 4)] == [url(n) for n in ("h0", "h1", "h2", "h0")]
+    assert_turns([lease.host.url.removeprefix("http://") for lease in hold(pool2, 4)], names(3))
+
+
+def first_picks(strategy: str, hosts: list[Any], pools: int = 100) -> Counter[str]:
+    """The first pick of each of ``pools`` pools, each with its own seed: a fleet started together."""
+    return Counter(pick(make_pool(hosts, strategy, seed=seed)[0]) for seed in range(pools))
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted_round_robin", *LEAST_LOADED, "url_hash"])
+def test_a_fleet_of_pools_does_not_start_at_the_same_host(strategy: str) -> None:
+    """Pools with different generators start their rotation (or break their first ties) at different
+    hosts, as Envoy's round robin does: a fleet started together does not send every first request to
+    the first host, its second to the second, and so on."""
+    counts = first_picks(strategy, names(10))
+    assert set(counts) == set(names(10)), counts
+    assert max(counts.values()) <= 25, counts  # 10 expected of 100
+    # and the second picks are as spread: the fleet does not walk the hosts in step
+    seconds = Counter(picks(make_pool(names(10), strategy, seed=seed)[0], 2)[1] for seed in range(100))
+    assert max(seconds.values()) <= 25, seconds
+
+
+def test_weighted_round_robin_spreads_the_first_picks_within_a_weight_class() -> None:
+    hosts = [{"url": f"h{i}", "weight": 2 if i < 4 else 1} for i in range(10)]
+    counts = first_picks("weighted_round_robin", hosts)
+    # the heavy class comes first in nginx's cycle; which of its hosts comes first is random
+    assert set(counts) == {"h0", "h1", "h2", "h3"}, counts
+    assert min(counts.values()) >= 10, counts
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_connections", "weighted_least_connections"])
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_equal_shares_over_whole_rounds_from_any_start(strategy: str, count: int) -> None:
+    hosts = names(count)
+    for seed in range(20):
+        pool, _ = make_pool(hosts, strategy, seed=seed)
+        sequence = picks(pool, 5 * count)
+        assert Counter(sequence) == dict.fromkeys(hosts, 5)
+        if strategy == "round_robin":
+            assert_turns(sequence, hosts)
+        else:
+            assert_repeats(sequence, hosts)
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted_round_robin", *LEAST_LOADED])
+def test_a_seeded_strategy_object_repeats_its_order(strategy: str) -> None:
+    """For a fixed order in your own tests: a strategy object with a seeded generator."""
+    hosts = [{"url": f"h{i}", "weight": 1 + i % 2} for i in range(8)]
+    cls = STRATEGIES[strategy]
+    runs = [picks(make_pool(hosts, cls(rng=random.Random(42)), seed=seed)[0], 40) for seed in range(5)]
+    assert all(run == runs[0] for run in runs[1:])  # the pool's own generator does not matter
+    others = {tuple(picks(make_pool(hosts, cls(rng=random.Random(s)))[0], 40)) for s in range(10)}
+    assert len(others) > 1  # while other seeds start elsewhere
 
 
 # --- smooth weighted round robin ----------------------------------------------------------------------
@@ -343,22 +409,66 @@ def nginx_smooth_wrr(weights: list[int], count: int) -> list[int]:
     return out
 
 
+def nginx_orders(weights: list[int], count: int) -> list[list[int]]:
+    """nginx's sequence for every configuration that rotates the hosts of each weight class among that
+    class's places (the orders weighted_round_robin may start with), as host indices."""
+    classes: dict[int, list[int]] = {}
+    for i, weight in enumerate(weights):
+        classes.setdefault(weight, []).append(i)
+    orders = []
+    for shifts in itertools.product(*(range(len(places)) for places in classes.values())):
+        order = list(range(len(weights)))  # order[place] = the host configured there
+        for places, shift in zip(classes.values(), shifts, strict=True):
+            for j, place in enumerate(places):
+                order[place] = places[(j + shift) % len(places)]
+        orders.append([order[place] for place in nginx_smooth_wrr(weights, count)])
+    return orders
+
+
 def test_weighted_round_robin_nginx_example() -> None:
     pool, _ = make_pool(
         [{"url": "a", "weight": 5}, {"url": "b", "weight": 1}, {"url": "c", "weight": 1}], "weighted_round_robin"
     )
-    assert "".join(picks(pool, 21)) == "aabacaa" * 3
+    assert "".join(picks(pool, 21)) in ("aabacaa" * 3, "aacabaa" * 3)
+    seen = set()
+    for seed in range(20):
+        pool, _ = make_pool(
+            [{"url": "a", "weight": 5}, {"url": "b", "weight": 1}, {"url": "c", "weight": 1}],
+            "weighted_round_robin",
+            seed=seed,
+        )
+        seen.add("".join(picks(pool, 7)))
+    assert seen == {"aabacaa", "aacabaa"}
 
 
 @settings(derandomize=True, database=None, max_examples=200, deadline=None)
-@given(weights=st.lists(st.integers(0, 12), min_size=1, max_size=8).filter(any))
-def test_weighted_round_robin_matches_nginx(weights: list[int]) -> None:
+@given(weights=st.lists(st.integers(0, 12), min_size=1, max_size=8).filter(any), seed=st.integers(0, 2**32))
+def test_weighted_round_robin_matches_nginx(weights: list[int], seed: int) -> None:
+    """nginx's smooth sequence for the configuration with each weight class rotated at random; every cycle
+    of sum(weights) picks gives each host exactly its weight."""
     hosts = [{"url": f"h{i}", "weight": w} for i, w in enumerate(weights)]
-    pool, _ = make_pool(hosts, "weighted_round_robin")
+    pool, _ = make_pool(hosts, "weighted_round_robin", seed=seed)
     live = [i for i, w in enumerate(weights) if w > 0]
     count = 2 * sum(weights) + 5
-    expected = [f"h{live[i]}" for i in nginx_smooth_wrr([weights[i] for i in live], count)]
-    assert picks(pool, count) == expected
+    got = picks(pool, count)
+    expected = [[f"h{live[i]}" for i in order] for order in nginx_orders([weights[i] for i in live], count)]
+    assert got in expected
+    total = sum(weights)
+    for cycle in (got[:total], got[total : 2 * total]):
+        assert Counter(cycle) == {f"h{i}": w for i, w in enumerate(weights) if w}
+
+
+def test_weighted_round_robin_rotations_cover_every_host_of_a_class() -> None:
+    weights = [3, 1, 3, 1, 3]
+    starts: Counter[tuple[str, str]] = Counter()
+    for seed in range(200):
+        pool, _ = make_pool(
+            [{"url": f"h{i}", "weight": w} for i, w in enumerate(weights)], "weighted_round_robin", seed=seed
+        )
+        sequence = picks(pool, sum(weights))
+        starts[(sequence[0], next(s for s in sequence if s in ("h1", "h3")))] += 1
+    # the first heavy host and the first light host are each drawn independently from their class
+    assert set(starts) == {(a, b) for a in ("h0", "h2", "h4") for b in ("h1", "h3")}, starts
 
 
 def test_weighted_round_robin_at_max_classes_is_still_exact() -> None:
@@ -533,7 +643,7 @@ def test_least_connections_picks_fewest_in_flight() -> None:
     state = by_url(pool)
     leases = hold(pool, 3)
     assert sorted(lease.host.url for lease in leases) == [url(n) for n in names(3)]
-    leases[1].release(failed=False)  # h1 now has none in flight
+    next(lease for lease in leases if lease.host is state["h1"]).release(failed=False)  # h1: none in flight
     assert [lease.host.url for lease in hold(pool, 1)] == [url("h1")]
     more = hold(pool, 30)
     assert all(s.outstanding == 11 for s in state.values())
@@ -547,7 +657,7 @@ def test_least_connections_picks_fewest_in_flight() -> None:
 
 def test_least_connections_ties_rotate() -> None:
     pool, _ = make_pool(names(3), "least_connections")
-    assert picks(pool, 7) == ["h0", "h1", "h2", "h0", "h1", "h2", "h0"]
+    assert_repeats(picks(pool, 7), names(3))
     # weights are ignored by least_connections
     pool2, _ = make_pool([{"url": "a", "weight": 10}, "b"], "least_connections")
     assert Counter(picks(pool2, 100)) == {"a": 50, "b": 50}
@@ -786,7 +896,24 @@ def test_idle_hosts_share_sequential_requests_by_weight(strategy: str) -> None:
 
 def test_least_connections_ignores_weights_on_ties() -> None:
     pool, _ = make_pool([{"url": "a", "weight": 3}, {"url": "b", "weight": 1}], "least_connections")
-    assert picks(pool, 6) == ["a", "b"] * 3
+    assert_repeats(picks(pool, 6), ["a", "b"])
+
+
+@pytest.mark.parametrize("weights", [[3, 1], [1, 2, 3], [5, 1, 1, 2], [1, 1, 1, 1, 4]])
+def test_weighted_least_connections_ties_share_by_weight_exactly(weights: list[int]) -> None:
+    """Idle hosts (every load 0) take turns by weight from a random start: each span of sum(weights)
+    picks gives each host exactly its weight, whatever the seed."""
+    hosts = [{"url": f"h{i}", "weight": w} for i, w in enumerate(weights)]
+    total = sum(weights)
+    expected = {f"h{i}": w for i, w in enumerate(weights)}
+    firsts = set()
+    for seed in range(100):
+        pool, _ = make_pool(hosts, "weighted_least_connections", seed=seed)
+        sequence = picks(pool, 4 * total)
+        firsts.add(sequence[0])
+        for cycle in range(4):
+            assert Counter(sequence[cycle * total : (cycle + 1) * total]) == expected, (seed, sequence)
+    assert len(firsts) == len(weights)  # and every host may come first
 
 
 def test_a_joining_host_is_neither_flooded_nor_starved() -> None:
@@ -794,6 +921,20 @@ def test_a_joining_host_is_neither_flooded_nor_starved() -> None:
     picks(pool, 100)
     pool.update([url("a"), url("b"), url("c")])
     assert Counter(picks(pool, 30)) == {"a": 10, "b": 10, "c": 10}
+
+
+@pytest.mark.parametrize("strategy", ["least_connections", "weighted_least_connections"])
+def test_a_host_that_joins_every_pool_at_once_is_not_sent_every_next_request(strategy: str) -> None:
+    """A fleet's pools all learn of a new host at the same moment (a deploy, a discovery push): each pool
+    takes it at its own point of the round, not at its next pick."""
+    soon = 0
+    for seed in range(100):
+        pool, _ = make_pool(names(5), strategy, seed=seed)
+        picks(pool, 7 + seed % 5)
+        pool.update([url(n) for n in names(6)])
+        soon += "h5" in picks(pool, 2)
+        assert Counter(picks(pool, 6 * 4)) == dict.fromkeys(names(6), 4)  # then plain turns, exact shares
+    assert 15 <= soon <= 55, soon  # its 2 of 6 places in a round: a third of the pools
 
 
 def test_peak_ewma_sees_a_host_that_stopped_answering_before_it_answers() -> None:
