@@ -11,6 +11,9 @@ from .sim import main as sim_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim"]:  # its own parser, --help included (argparse's REMAINDER would not take it)
+        return sim_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="lbclient", description="Client-side load balancing for httpx.")
     parser.add_argument("--version", action="version", version=f"lbclient {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -26,10 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     forward = commands.add_parser("tcp-proxy", help="a TCP forwarder in front of a pool (databases, any TCP service)")
     tcp_proxy.add_arguments(forward)
     forward.set_defaults(run=tcp_proxy.run)
-    sim = commands.add_parser("sim", help="the fleet simulator (python -m lbclient.sim --help)", add_help=False)
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
-    sim.set_defaults(run=lambda args: sim_main(args.rest))
-    args = parser.parse_args(argv)
+    commands.add_parser("sim", help="the fleet simulator (lbclient sim --help)", add_help=False)
+    args = parser.parse_args(args_list)
     code: int = args.run(args)
     return code
 

@@ -178,3 +178,17 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 1.0) == 100.0
     assert percentile([3.0], 0.99) == 3.0
     assert percentile([], 0.5) is None
+
+
+def test_sim_help_reaches_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sim", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "herding" in out
+    assert "retries" in out
+
+
+def test_sim_list_runs_through_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "list"]) == 0
+    assert "herding" in capsys.readouterr().out
