@@ -10,8 +10,15 @@ What the simulator needs is measured first, on the same five backends with none 
 - a calibration run with one task (nothing queues in the client): the client's CPU per request
   (``time.process_time`` over the run, per GET), and what is left of each latency after the servers'
   delay and that CPU, which is what loopback, the kernel's wake-ups and the servers' own handling add:
-  its mean is the simulator's ``rtt``, its spread (a lognormal through its median and p75; the tail above
-  is the stalls below, measured apart, so fitting it here would count them twice) ``rtt_sigma``;
+  its median is the simulator's round trip (``rtt`` is the mean of a lognormal with that median);
+- per concurrency, all-fast runs (round robin, no slow host, one per round): the spread of the round
+  trip, ``rtt_sigma``, is fitted so that the simulated all-fast runs have the real ones' p99.5
+  (``fit_sigma``, ``FIT_QUANTILE``: where ``peak_ewma``'s p99 lands among fast answers). The
+  backends' five servers share one process, whose own queue grows with the load, so a spread fitted with
+  one task leaves the simulated fast answers at 16 tasks short of the real tail; and that tail is what sets
+  ``peak_ewma``'s peaks, hence how often it tries the slow host. (A fit through the one-task median and
+  p75, tried first, swung from 0.8 to 1.8 between runs and gave the simulator a tail 8x the measured one.)
+  These runs are the calibration: they carry no bar;
 - the same run again with a watcher task on the event loop (sleeps of ``STALL_TICK``; one that wakes
   more than ``STALL_MIN`` late, beyond the CPU the loop spent meanwhile, saw the process wait for a core),
   plus garbage collections longer than ``STALL_MIN``: the stalls, shown for reference. They matter for
@@ -28,7 +35,7 @@ What the simulator needs is measured first, on the same five backends with none 
 Then ``lbclient.sim.single_client_configs`` runs the same scenario (same requests, warm-up and tasks)
 on the fake clock with those figures, and each p50 and p99 is compared: simulated / real, with the bar
 ``BAND`` (the issue's "agree within 20%"). The all-fast runs at each concurrency are shown too, without
-a bar: they check the client-CPU queue the simulator models, where no strategy is involved.
+a bar: they are where the round trip's spread was fitted.
 
 32 tasks are left out: at about 0.5 ms of CPU per GET a 2-core machine's event loop saturates near 16
 (about 1,900 GETs/s), and beyond that the real latencies measure the machine's scheduler (the backends'
@@ -80,6 +87,12 @@ SLOW = SLOW_HOSTS // 2
 SEED = 0
 #: Rounds of the runs with the slow host; each figure is the median over them, real and simulated alike.
 ROUNDS = {"full": 3, "quick": 1}
+#: The bisection of the round trip's spread at each concurrency: its range and steps.
+SIGMA_MAX = 3.0
+SIGMA_STEPS = 16
+#: The quantile of the all-fast runs the fit matches: where peak_ewma's p99 lands among the fast answers
+#: when it sends 0.5-1% of its GETs to the slow host (for the other strategies the p99 is a slow answer).
+FIT_QUANTILE = 99.5
 #: The stall watcher's sleep, and the lateness beyond which a wake-up counts as a stall (seconds). With one
 #: task the client's own work is about 1 ms of CPU per GET in several callbacks: none takes 2 ms.
 STALL_TICK = 0.001
@@ -141,22 +154,22 @@ class Stalls:
         return cls(len(lengths), seconds, statistics.fmean(lengths) if lengths else 0.0)
 
 
-async def _watch(lengths: list[float], done: anyio.Event) -> None:
+async def _watch(stalls: list[tuple[float, float]], done: anyio.Event) -> None:
     """Stalls until ``done``: a ``STALL_TICK`` sleep that wakes more than ``STALL_MIN`` late *beyond the CPU
     this thread used meanwhile*. Lateness spent running other callbacks is the client's own queue, which the
     simulator models from the CPU per GET; what is left is time the process was ready but not running
-    (another process had the core)."""
+    (another process had the core). Each stall is (when it began, its length)."""
     while not done.is_set():
         wall, cpu = time.perf_counter(), time.thread_time()
         await anyio.sleep(STALL_TICK)
-        late = time.perf_counter() - wall - STALL_TICK
-        off_cpu = late - (time.thread_time() - cpu)
+        woke = time.perf_counter()
+        off_cpu = woke - wall - STALL_TICK - (time.thread_time() - cpu)
         if off_cpu > STALL_MIN:
-            lengths.append(off_cpu)
+            stalls.append((woke - off_cpu, off_cpu))
 
 
 @contextlib.contextmanager
-def _gc_pauses(lengths: list[float]) -> Iterator[None]:
+def _gc_pauses(stalls: list[tuple[float, float]]) -> Iterator[None]:
     """Garbage collections longer than ``STALL_MIN``: a pause of the whole loop, which the watcher counts as
     CPU (it is this thread's), so they are timed here."""
     started = 0.0
@@ -166,7 +179,7 @@ def _gc_pauses(lengths: list[float]) -> Iterator[None]:
         if phase == "start":
             started = time.perf_counter()
         elif (pause := time.perf_counter() - started) > STALL_MIN:
-            lengths.append(pause)
+            stalls.append((started, pause))
 
     gc.callbacks.append(callback)
     try:
@@ -176,17 +189,18 @@ def _gc_pauses(lengths: list[float]) -> Iterator[None]:
 
 
 async def _watched(farm: Farm, strategy: str, slow: int | None, plan: TailSettings) -> tuple[Run, Stalls]:
-    """A run of ``_one_slow`` with the stall watcher and the GC timer on."""
-    lengths: list[float] = []
+    """A run of ``_one_slow`` with the stall watcher and the GC timer on; the stalls counted are those that
+    began in its measured part (its last ``run.seconds``: not the warm-up, nor the full collection that
+    ``_one_slow`` makes between the two, when nothing is in flight)."""
+    stalls: list[tuple[float, float]] = []
     done = anyio.Event()
-    with _gc_pauses(lengths):
+    with _gc_pauses(stalls):
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch, lengths, done)
-            started = time.perf_counter()
+            group.start_soon(_watch, stalls, done)
             run = await _one_slow(farm, strategy, slow, plan)
-            seconds = time.perf_counter() - started
+            measured_from = time.perf_counter() - run.seconds
             done.set()
-    return run, Stalls.of(lengths, seconds)
+    return run, Stalls.of([length for began, length in stalls if began >= measured_from], run.seconds)
 
 
 def with_stalls(calibration: Calibration, stalls: Stalls) -> Calibration:
@@ -206,8 +220,8 @@ def cpu_per_request(run: Run) -> float:
 
 def calibrate(run: Run) -> Calibration:
     """Fit the simulator's round trip to the one-task run: what each latency has beyond the servers' delay
-    and the client's CPU, as a lognormal through that remainder's median and p75 (its p99 is the event
-    loop's stalls, which the simulator draws apart)."""
+    and the client's CPU, as a lognormal through that remainder's median and p99 (see the module
+    docstring for why not the p75)."""
     cpu = cpu_per_request(run)
     ordered = run.ordered
     rest = [latency - BASE_DELAY - cpu for latency in ordered]
@@ -217,7 +231,7 @@ def calibrate(run: Run) -> Calibration:
             f"the one-task median ({ordered[len(ordered) // 2] * 1e3:.3f} ms) is not above the servers' delay plus "
             f"the client's CPU ({(BASE_DELAY + cpu) * 1e3:.3f} ms): nothing left for the round trip"
         )
-    sigma = math.log(max(rest_p75, rest_p50) / rest_p50) / statistics.NormalDist().inv_cdf(0.75)
+    sigma = math.log(max(rest_p99, rest_p50) / rest_p50) / statistics.NormalDist().inv_cdf(0.99)
     return Calibration(
         requests=run.sent,
         p50=percentile(ordered, 50),
@@ -233,33 +247,40 @@ def calibrate(run: Run) -> Calibration:
 
 @dataclass
 class Trial:
-    """One real run, what it measured for the simulator, and the simulator's run of it."""
+    """One real run, and what it measured for the simulator."""
 
     real: Run
-    cpu: float  # the real client's CPU per GET, given to the simulator
-    stalls: Stalls  # the real run's own stalls, given to the simulator
-    simulated: sim.SimResult
+    cpu: float  # the real client's CPU per GET
+    stalls: Stalls  # the real run's own stalls
 
 
 @dataclass
 class Pair:
-    """One strategy at one concurrency: its trials, one per round. Real and simulated figures are each the
-    median over the rounds (the simulator's rounds differ in seed and in the inputs measured)."""
+    """One strategy at one concurrency: its real trials, one per round, and the simulator's run of them
+    all. Figures pool the rounds: the real p50 and p99 are those of every round's GETs together, and the
+    simulator runs as many GETs as the rounds did, with their CPU per GET and stalls taken together. A p99
+    of one round is a noisy estimate where a strategy sends about 1% to the slow host (peak_ewma)."""
 
     tasks: int
     strategy: str  # a strategy, or BASELINE ("all-fast") for the run with no slow host
     trials: list[Trial]
+    simulated: sim.SimResult | None = None
 
     @property
     def fast(self) -> bool:
         return self.strategy == BASELINE
 
+    @property
+    def sim(self) -> sim.SimResult:
+        if self.simulated is None:
+            raise RuntimeError(f"{self.strategy} x{self.tasks} was not simulated")
+        return self.simulated
+
     def real_share(self) -> float:
         return sum(t.real.arrivals[SLOW] for t in self.trials) / sum(sum(t.real.arrivals) for t in self.trials)
 
     def sim_share(self) -> float:
-        slow = sum(t.simulated.host_attempts[SLOW] for t in self.trials)
-        return slow / sum(sum(t.simulated.host_attempts) for t in self.trials)
+        return self.sim.host_attempts[SLOW] / sum(self.sim.host_attempts)
 
     def real(self, name: str) -> list[float]:
         """The real ``p50`` or ``p99`` of each round (seconds)."""
@@ -267,15 +288,25 @@ class Pair:
         return [percentile(t.real.ordered, share) for t in self.trials]
 
     def figures(self) -> dict[str, tuple[float, float]]:
-        """(real, simulated) p50 and p99, seconds: medians over the rounds."""
-        return {
-            "p50": (statistics.median(self.real("p50")), statistics.median(t.simulated.p50 for t in self.trials)),
-            "p99": (statistics.median(self.real("p99")), statistics.median(t.simulated.p99 for t in self.trials)),
-        }
+        """(real, simulated) p50 and p99, seconds, over the rounds pooled."""
+        pooled = self.pooled()
+        return {"p50": (percentile(pooled, 50), self.sim.p50), "p99": (percentile(pooled, 99), self.sim.p99)}
+
+    def pooled(self) -> list[float]:
+        """Every round's latencies, sorted."""
+        return sorted(latency for t in self.trials for latency in t.real.latencies)
 
     @property
     def cpu(self) -> float:
-        return statistics.median(t.cpu for t in self.trials)
+        """CPU per GET over the rounds (they have the same number of GETs)."""
+        return statistics.fmean(t.cpu for t in self.trials)
+
+    @property
+    def stalls(self) -> Stalls:
+        """The rounds' stalls together."""
+        count = sum(t.stalls.count for t in self.trials)
+        length = sum(t.stalls.count * t.stalls.mean for t in self.trials)
+        return Stalls(count, sum(t.stalls.seconds for t in self.trials), length / count if count else 0.0)
 
 
 def _simulate(
@@ -286,22 +317,39 @@ def _simulate(
     calibration: Calibration,
     cpu: float,
     stalls: Stalls,
-    seed: int,
+    rounds: int,
+    sigma: float,
 ) -> sim.SimResult:
     (config,) = sim.single_client_configs(
         tasks,
         strategies=(strategy,),
-        requests=plan.requests,
+        requests=plan.requests * rounds,
         warmup=plan.warmup,
         slow_extra=0.0 if fast else SLOW_EXTRA,
-        rtt=calibration.rtt,
-        rtt_sigma=calibration.rtt_sigma,
+        rtt=calibration.rtt_p50 * math.exp(sigma**2 / 2),  # the mean of a lognormal of the measured median
+        rtt_sigma=sigma,
         client_cpu=cpu,
         stall_rate=stalls.rate,
         stall_mean=stalls.mean,
-        seed=seed,
+        seed=SEED,
     )
     return sim.run(config)
+
+
+def fit_sigma(fast: Pair, plan: TailSettings, calibration: Calibration) -> float:
+    """The round trip's spread at ``fast``'s concurrency: the ``rtt_sigma`` for which the simulated all-fast
+    runs have the real ones' ``FIT_QUANTILE`` (bisection; the simulated quantile grows with it). The
+    backends' five servers share one process, whose own queue grows with the load: a spread fitted at one
+    task leaves the simulator's fast answers at 16 tasks short of the real tail, and that tail is what
+    sets ``peak_ewma``'s peaks."""
+    target = percentile(fast.pooled(), FIT_QUANTILE)
+    low, high = 0.0, SIGMA_MAX
+    rounds = len(fast.trials)
+    for _ in range(SIGMA_STEPS):
+        middle = (low + high) / 2
+        simulated = _simulate(fast.tasks, "round_robin", True, plan, calibration, fast.cpu, fast.stalls, rounds, middle)
+        low, high = (middle, high) if simulated.cdf[f"p{FIT_QUANTILE:g}"] < target else (low, middle)
+    return (low + high) / 2
 
 
 async def _measure(
@@ -316,10 +364,12 @@ async def _measure(
     with Farm([BASE_DELAY] * SLOW_HOSTS) as farm:
         calibration = calibrate(await _one_slow(farm, "round_robin", None, calibration_plan))
         calibration = with_stalls(calibration, (await _watched(farm, "round_robin", None, calibration_plan))[1])
-        for tasks in CONCURRENCY:
-            runs.append((tasks, *await _watched(farm, "round_robin", None, dataclasses.replace(plan, tasks=tasks))))
-        farm.set_delay(SLOW, BASE_DELAY + SLOW_EXTRA)
         for _ in range(rounds):
+            farm.set_delay(SLOW, BASE_DELAY)
+            for tasks in CONCURRENCY:
+                run, stalls = await _watched(farm, "round_robin", None, dataclasses.replace(plan, tasks=tasks))
+                runs.append((tasks, run, stalls))
+            farm.set_delay(SLOW, BASE_DELAY + SLOW_EXTRA)
             for tasks in CONCURRENCY:
                 for strategy in STRATEGIES:
                     run, stalls = await _watched(farm, strategy, SLOW, dataclasses.replace(plan, tasks=tasks))
@@ -336,7 +386,9 @@ def _verdict(ratio: float) -> str:
     return "ok" if low <= ratio <= high else ("high" if ratio > high else "low")
 
 
-def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings, rounds: int) -> Section:
+def _section(
+    pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings, rounds: int, sigmas: dict[int, float]
+) -> Section:
     low, high = BAND
     section = Section(
         key="agreement",
@@ -398,17 +450,19 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
     c = calibration
     section.notes += [
         f"{plan.requests:,} GETs per run after {plan.warmup:,} of warm-up, {rounds} round(s) of every run with the "
-        f"slow host, interleaved; each figure is the median over the rounds, real and simulated (seeds {SEED}.."
-        f"{SEED + rounds - 1}); 'all-fast' rows (round_robin, no slow host, one run) check the client-CPU queue "
-        "and have no bar",
+        "slow host, interleaved; real p50/p99 are over the rounds' GETs pooled, and the simulator (seed "
+        f"{SEED}) runs as many GETs with the rounds' CPU per GET and stalls taken together; 'all-fast' rows "
+        "(round_robin, no slow host) are the calibration of the round trip's spread and have no bar; "
+        "rtt_sigma fitted to them: " + ", ".join(f"{sigma:.3f} at {tasks} tasks" for tasks, sigma in sigmas.items()),
         "peak_ewma's p99 is on a knife edge: it sends about 1% of GETs to the slow host, so its p99 is either a "
         "fast answer or a slow one depending on whether that share is just under or just over 1% (about +-20% "
-        "from sampling alone at 3,000 GETs); the 'each round' column shows how far real rounds differ",
+        "from sampling alone at 3,000 GETs); the 'each round' column shows how far single rounds differ, and "
+        "the slow share column is the quantity behind it",
         f"measured for the simulator, one task and no slow host ({c.requests:,} GETs): p50 {_ms(c.p50)} ms, p99 "
         f"{_ms(c.p99)} ms, client CPU {c.cpu_per_request * 1000:.3f} ms/GET; beyond the servers' "
         f"{BASE_DELAY * 1000:g} ms and that CPU: median {_ms(c.rtt_p50)} ms, p75 {_ms(c.rtt_p75)} ms, "
-        f"p99 {_ms(c.rtt_p99)} ms -> rtt "
-        f"{_ms(c.rtt)} ms (mean), rtt_sigma {c.rtt_sigma:.3f} (lognormal); event-loop stalls over "
+        f"p99 {_ms(c.rtt_p99)} ms (a lognormal through median and p99: mean {_ms(c.rtt)} ms, sigma "
+        f"{c.rtt_sigma:.3f}, shown for comparison); event-loop stalls over "
         f"{STALL_MIN * 1000:g} ms in the same run watched again: {c.stalls} in {c.stall_seconds:.1f} s -> "
         f"stall_rate {c.stall_rate:.1f}/s, stall_mean {_ms(c.stall_mean)} ms (exponential)",
         "client_cpu of each simulated run = the real run's own process_time / GETs (the CPU/GET column); "
@@ -435,18 +489,20 @@ def _section(pairs: Sequence[Pair], calibration: Calibration, plan: TailSettings
                 "tasks": pair.tasks,
                 "strategy": pair.strategy,
                 "ratios": {name: simulated / real for name, (real, simulated) in pair.figures().items()},
+                "simulated": {
+                    "client_cpu_per_request": pair.cpu,
+                    "stalls": {**dataclasses.asdict(pair.stalls), "rate": pair.stalls.rate},
+                    "p50": pair.sim.p50,
+                    "p99": pair.sim.p99,
+                    "p999": pair.sim.p999,
+                    "host_attempts": pair.sim.host_attempts,
+                    "simulated_seconds": pair.sim.simulated_seconds,
+                },
                 "trials": [
                     {
                         "client_cpu_per_request": t.cpu,
                         "stalls": {**dataclasses.asdict(t.stalls), "rate": t.stalls.rate},
                         "real": t.real.summary(None if pair.fast else SLOW),
-                        "simulated": {
-                            "p50": t.simulated.p50,
-                            "p99": t.simulated.p99,
-                            "p999": t.simulated.p999,
-                            "host_attempts": t.simulated.host_attempts,
-                            "simulated_seconds": t.simulated.simulated_seconds,
-                        },
                     }
                     for t in pair.trials
                 ],
@@ -465,11 +521,14 @@ def agreement(settings: Settings) -> Section:
     calibration, runs = anyio.run(_measure, plan, calibration_plan, rounds, backend="asyncio")
     pairs: dict[tuple[int, str], Pair] = {}
     for tasks, run, stalls in runs:
-        fast = run.name == BASELINE
-        strategy = "round_robin" if fast else run.name
         pair = pairs.setdefault((tasks, run.name), Pair(tasks, run.name, []))
-        cpu = cpu_per_request(run)
-        seed = SEED + len(pair.trials)
-        simulated = _simulate(tasks, strategy, fast, plan, calibration, cpu, stalls, seed)
-        pair.trials.append(Trial(run, cpu, stalls, simulated))
-    return _section(list(pairs.values()), calibration, plan, rounds)
+        pair.trials.append(Trial(run, cpu_per_request(run), stalls))
+    sigmas = {pair.tasks: fit_sigma(pair, plan, calibration) for pair in pairs.values() if pair.fast}
+    for pair in pairs.values():
+        strategy = "round_robin" if pair.fast else pair.strategy
+        sigma = sigmas[pair.tasks]
+        trials = len(pair.trials)
+        pair.simulated = _simulate(
+            pair.tasks, strategy, pair.fast, plan, calibration, pair.cpu, pair.stalls, trials, sigma
+        )
+    return _section(list(pairs.values()), calibration, plan, rounds, sigmas)
