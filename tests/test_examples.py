@@ -19,6 +19,8 @@ EXPECTED = {
     "custom_discovery.py": ["two instances: {'a': 15, 'b': 15}", "c joined: {'a': 10, 'b': 10, 'c': 10}", "pool kept"],
     "prometheus_metrics.py": ['lbclient_ejections_total{service="users"', "} 1\n"],
     "fastapi_service.py": ["alice {'user': 'users-", "'orders': 'orders-"],
+    "tcp_proxy.py": ["open connections: {'db-1': 2, 'db-2': 2}", "after db-2 died: ['db-1', 'db-1', 'db-1', 'db-1']"],
+    "httpx2_client.py": ["answered by: ['a', 'a', 'b', 'b']", "httpx2's: True lb_host: True", "answered by: {'a'}"],
 }
 
 
