@@ -1089,6 +1089,7 @@ class ScenarioResult:
     wall_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The scenario, its parts' results and its findings, JSON-able."""
         return {
             "name": self.name,
             "title": self.title,
@@ -1098,6 +1099,7 @@ class ScenarioResult:
         }
 
     def render(self) -> str:
+        """The scenario as text: a table per part, then the findings."""
         lines = [f"== {self.name}: {self.title}"]
         for part in self.parts:
             lines += ["", part.title, format_table(part.results)]
@@ -1599,6 +1601,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lbclient.sim`` / ``lbclient sim``: run scenarios and print them (or JSON); 0 when done."""
     args = _parser().parse_args(argv)
     if args.command == "list":
         for scenario in SCENARIOS.values():
