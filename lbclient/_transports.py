@@ -97,6 +97,26 @@ class _Balancing:
         return f"<{type(self).__name__} service={self.service!r} {self.pool!r}>"
 
 
+class BalancingOptions(typing.TypedDict, total=False):
+    """The balancing keywords of :class:`LoadBalancingTransport`, for wrappers that pass them on
+    (``**options: Unpack[BalancingOptions]``, as :mod:`lbclient.httpx2` does)."""
+
+    strategy: str | Strategy
+    retries: int | RetryPolicy | None
+    outlier_detection: OutlierDetection | bool | None
+    health_check: HealthCheck | bool | None
+    panic_threshold: float
+    slow_start: float
+    on_event: Callable[[PoolEvent], None] | None
+    service: str
+
+
+class AsyncBalancingOptions(BalancingOptions, total=False):
+    """:class:`BalancingOptions` and ``hedge``: the balancing keywords of :class:`AsyncLoadBalancingTransport`."""
+
+    hedge: Hedge | float | bool | None
+
+
 class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
     """An httpx transport that spreads the requests for ``service`` over ``hosts``.
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import httpx
 
@@ -34,10 +34,9 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 
 from . import _exceptions, _transports
 from ._balancer import inner_factory
-from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Pool, PoolEvent, Strategy
-from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
+from ._core import HostLike, Pool
 from ._discovery import Discovery
-from ._transports import DEFAULT_SERVICE
+from ._transports import AsyncBalancingOptions, BalancingOptions
 
 __all__ = ["AsyncLoadBalancingTransport", "LoadBalancingTransport", "NoAvailableHostError"]
 
@@ -368,30 +367,12 @@ class LoadBalancingTransport(httpx2.BaseTransport):
         self,
         hosts: Iterable[HostLike] | Discovery,
         *,
-        strategy: str | Strategy = "round_robin",
-        retries: int | RetryPolicy | None = 3,
-        outlier_detection: OutlierDetection | bool | None = True,
-        health_check: HealthCheck | bool | None = None,
-        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
-        slow_start: float = 0.0,
-        on_event: Callable[[PoolEvent], None] | None = None,
         transport: httpx2.BaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
-        service: str = DEFAULT_SERVICE,
+        **options: Unpack[BalancingOptions],
     ) -> None:
-        self._core = _Core(
-            hosts,
-            strategy=strategy,
-            retries=retries,
-            outlier_detection=outlier_detection,
-            health_check=health_check,
-            panic_threshold=panic_threshold,
-            slow_start=slow_start,
-            on_event=on_event,
-            transport=None if transport is None else _Inner(transport),
-            transport_options=transport_options,
-            service=service,
-        )
+        inner = None if transport is None else _Inner(transport)
+        self._core = _Core(hosts, transport=inner, transport_options=transport_options, **options)
 
     @property
     def pool(self) -> Pool:
@@ -430,32 +411,12 @@ class AsyncLoadBalancingTransport(httpx2.AsyncBaseTransport):
         self,
         hosts: Iterable[HostLike] | Discovery,
         *,
-        strategy: str | Strategy = "round_robin",
-        retries: int | RetryPolicy | None = 3,
-        outlier_detection: OutlierDetection | bool | None = True,
-        health_check: HealthCheck | bool | None = None,
-        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
-        slow_start: float = 0.0,
-        hedge: Hedge | float | bool | None = None,
-        on_event: Callable[[PoolEvent], None] | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
-        service: str = DEFAULT_SERVICE,
+        **options: Unpack[AsyncBalancingOptions],
     ) -> None:
-        self._core = _AsyncCore(
-            hosts,
-            strategy=strategy,
-            retries=retries,
-            outlier_detection=outlier_detection,
-            health_check=health_check,
-            panic_threshold=panic_threshold,
-            slow_start=slow_start,
-            hedge=hedge,
-            on_event=on_event,
-            transport=None if transport is None else _AsyncInner(transport),
-            transport_options=transport_options,
-            service=service,
-        )
+        inner = None if transport is None else _AsyncInner(transport)
+        self._core = _AsyncCore(hosts, transport=inner, transport_options=transport_options, **options)
 
     @property
     def pool(self) -> Pool:
