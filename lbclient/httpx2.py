@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import httpx
 
@@ -356,7 +356,29 @@ class _AsyncCore(_transports.AsyncLoadBalancingTransport):
 # -- the public transports -------------------------------------------------------------------------------------
 
 
-class LoadBalancingTransport(httpx2.BaseTransport):
+_CoreT = TypeVar("_CoreT", _Core, _AsyncCore)
+
+
+class _Bridged(Generic[_CoreT]):
+    """What both public transports read from the balancer they hold."""
+
+    _core: _CoreT
+
+    @property
+    def pool(self) -> Pool:
+        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
+        return self._core.pool
+
+    @property
+    def service(self) -> str:
+        """The host name that marks this transport's pool requests."""
+        return self._core.service
+
+    def __repr__(self) -> str:
+        return f"<lbclient.httpx2.{type(self).__name__} service={self.service!r} {self.pool!r}>"
+
+
+class LoadBalancingTransport(_Bridged[_Core], httpx2.BaseTransport):
     """An httpx2 transport that spreads the requests for ``service`` over ``hosts``: mount it on an
     ``httpx2.Client``. The keywords are those of :class:`lbclient.LoadBalancingTransport`; ``transport`` is
     an httpx2 transport, and ``transport_options`` are httpx2's (``limits`` an ``httpx2.Limits``).
@@ -374,16 +396,6 @@ class LoadBalancingTransport(httpx2.BaseTransport):
         inner = None if transport is None else _Inner(transport)
         self._core = _Core(hosts, transport=inner, transport_options=transport_options, **options)
 
-    @property
-    def pool(self) -> Pool:
-        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
-        return self._core.pool
-
-    @property
-    def service(self) -> str:
-        """The host name that marks this transport's pool requests."""
-        return self._core.service
-
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a pool request to a host of the pool; any other request straight through."""
         core = self._core
@@ -397,11 +409,8 @@ class LoadBalancingTransport(httpx2.BaseTransport):
         """Stop the health checks and close the inner transports."""
         self._core.close()
 
-    def __repr__(self) -> str:
-        return f"<lbclient.httpx2.{type(self).__name__} service={self.service!r} {self.pool!r}>"
 
-
-class AsyncLoadBalancingTransport(httpx2.AsyncBaseTransport):
+class AsyncLoadBalancingTransport(_Bridged[_AsyncCore], httpx2.AsyncBaseTransport):
     """The async :class:`LoadBalancingTransport`, for ``httpx2.AsyncClient`` on asyncio or trio; the
     keywords are those of :class:`lbclient.AsyncLoadBalancingTransport` (``hedge`` included). Active
     health checks run while the transport (or the client holding it) is open as an async context manager.
@@ -417,16 +426,6 @@ class AsyncLoadBalancingTransport(httpx2.AsyncBaseTransport):
     ) -> None:
         inner = None if transport is None else _AsyncInner(transport)
         self._core = _AsyncCore(hosts, transport=inner, transport_options=transport_options, **options)
-
-    @property
-    def pool(self) -> Pool:
-        """The hosts and their live state; ``pool.update(hosts)`` changes them at run time."""
-        return self._core.pool
-
-    @property
-    def service(self) -> str:
-        """The host name that marks this transport's pool requests."""
-        return self._core.service
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a pool request to a host of the pool; any other request straight through."""
@@ -445,6 +444,3 @@ class AsyncLoadBalancingTransport(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Stop the health checks and close the inner transports."""
         await self._core.aclose()
-
-    def __repr__(self) -> str:
-        return f"<lbclient.httpx2.{type(self).__name__} service={self.service!r} {self.pool!r}>"
