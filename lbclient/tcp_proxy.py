@@ -82,6 +82,13 @@ def _address(host: HostState | Host) -> tuple[str, int]:
     return parts.hostname or "", port
 
 
+def _seconds(name: str, value: object) -> float:
+    """``value`` as seconds > 0; the error names ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def _tcp_url(given: str) -> str:
     """``HOST:PORT`` or ``tcp://HOST:PORT`` as the pool's URL (``http://HOST:PORT``); anything else, a
     missing or out-of-range port, or a path, is an error that names ``given``."""
@@ -152,13 +159,8 @@ class TCPProxy:
         service: str = "tcp-proxy",
         on_event: Callable[[PoolEvent], None] | None = None,
     ) -> None:
-        for name, value in (("connect_timeout", connect_timeout), ("idle_timeout", idle_timeout)):
-            if value is None and name == "idle_timeout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
-        self.connect_timeout = float(connect_timeout)
-        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        self.connect_timeout = _seconds("connect_timeout", connect_timeout)
+        self.idle_timeout = None if idle_timeout is None else _seconds("idle_timeout", idle_timeout)
         self.service = service
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
@@ -232,12 +234,13 @@ class TCPProxy:
         failures: list[str] = []
         self._budget.record_request()
 
-        def more(state: tenacity.RetryCallState) -> bool:
+        def stop(state: tenacity.RetryCallState) -> bool:
+            """No attempt left, or no retry left in the budget (withdrawn only when one will be made)."""
             return state.attempt_number >= self.retries.max_attempts or not self._budget.try_withdraw()
 
         retrying = tenacity.AsyncRetrying(
             sleep=anyio.sleep,
-            stop=more,
+            stop=stop,
             retry=tenacity.retry_if_exception_type(_ConnectFailed),
             reraise=True,
         )
