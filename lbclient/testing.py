@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "FakeClock"]
 
 _PIECE = 64 * 1024
 #: The bytes that ``/bytes`` answers: 0..255 repeated, so a reader can check every byte.
@@ -399,3 +399,24 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.url}{'' if self.running else ' killed'}>"
+
+
+class FakeClock:
+    """A clock for a :class:`~lbclient.Pool` (or a retry budget) under test: ``clock()`` reads ``now``,
+    which moves only when the test moves it, so ejections, slow start and latency averages replay
+    exactly::
+
+        clock = FakeClock(100.0)
+        pool = Pool(hosts, "peak_ewma", clock=clock, rng=random.Random(0))
+        clock.advance(30.0)  # an ejection of 30 s has run out
+    """
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
+        self.now += seconds

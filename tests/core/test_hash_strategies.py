@@ -19,20 +19,13 @@ from hypothesis import strategies as st
 
 import lbclient._core
 from lbclient._core import ConsistentHash, Pool, hash64
+from lbclient.testing import FakeClock
 
 HASH_STRATEGIES = ("ip_hash", "url_hash", "consistent_hash")
 REPO = Path(lbclient._core.__file__).resolve().parents[2]
 
 #: hash64("some-key"): pinned, because every process and machine (and every release) must agree on it.
 SOME_KEY_HASH = 8501553350748105294
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_pool(hosts: Any, strategy: Any, *, seed: int = 0, **kwargs: Any) -> Pool:

@@ -12,19 +12,9 @@ from typing import Any
 import pytest
 
 from lbclient._core import STRATEGIES, HealthCheck, HostState, Lease, OutlierDetection, Pool, PoolEvent
+from lbclient.testing import FakeClock
 
 HASH_STRATEGIES = ("ip_hash", "url_hash", "consistent_hash")
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Harness:

@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbclient._core import STRATEGIES, Host, Pool, make_strategy
+from lbclient.testing import FakeClock
 
 FAST = settings(derandomize=True, database=None, max_examples=150, deadline=None)
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_pool(hosts: Any, strategy: Any = "round_robin", **kwargs: Any) -> Pool:

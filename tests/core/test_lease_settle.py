@@ -5,18 +5,11 @@ from __future__ import annotations
 import random
 
 from lbclient._core import OutlierDetection, Pool
+from lbclient.testing import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(strategy: str = "least_connections", **kwargs: object) -> tuple[Pool, Clock]:
-    clock = Clock()
+def make(strategy: str = "least_connections", **kwargs: object) -> tuple[Pool, FakeClock]:
+    clock = FakeClock(50.0)
     return Pool(["a", "b"], strategy, clock=clock, rng=random.Random(1), **kwargs), clock  # type: ignore[arg-type]
 
 

@@ -18,17 +18,7 @@ from lbclient._core import (
     Pool,
     RoundRobin,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from lbclient.testing import FakeClock
 
 
 def make_pool(hosts: Any, strategy: Any = "round_robin", *, seed: int = 0, **kwargs: Any) -> tuple[Pool, FakeClock]:

@@ -14,20 +14,10 @@ from hypothesis import strategies as st
 
 from lbclient._core import RetryPolicy
 from lbclient._core._retry import RetryBudget, RetryPlan
+from lbclient.testing import FakeClock
 
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
 NON_IDEMPOTENT = ("POST", "PATCH", "CONNECT", "PROPFIND")
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def unlimited_budget(clock: Any = None) -> RetryBudget:

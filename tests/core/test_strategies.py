@@ -27,21 +27,11 @@ from lbclient._core import (
     WeightedRandom,
     WeightedRoundRobin,
 )
+from lbclient.testing import FakeClock
 
 HASH_STRATEGIES = ("ip_hash", "url_hash", "consistent_hash")
 RANDOM_STRATEGIES = ("random", "weighted_random", "power_of_two_choices", "peak_ewma")
 LEAST_LOADED = ("least_connections", "weighted_least_connections", "least_response_time")
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_pool(hosts: Any, strategy: Any = "round_robin", *, seed: int = 0, **kwargs: Any) -> tuple[Pool, FakeClock]:
