@@ -103,7 +103,8 @@ def _version(binary: str) -> str:
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> bool:
-    """True once nginx answers ``200 ok``; False if it exits or does not answer within the timeout."""
+    """True once ``url`` answers ``200 ok`` (through a proxy: once a backend answered through it); False
+    if ``proc`` exits or nothing answers within the timeout."""
     deadline = time.monotonic() + _START_TIMEOUT
     with httpx.Client(trust_env=False, timeout=1.0) as client:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -116,10 +117,12 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> bool:
     return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGQUIT) -> None:
+    """Stop ``proc`` with ``sig`` (nginx's SIGQUIT is graceful: the master stops its worker, then exits),
+    and kill it if it has not exited in time."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGQUIT)  # graceful: the master stops its worker, then exits
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=_STOP_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -72,7 +72,17 @@ import httpx
 
 import lbclient
 
-from ._nginx import LOOPBACK, NGINX_HEAD, _command, _die_with_parent, _free_port, _version, find_nginx
+from ._nginx import (
+    LOOPBACK,
+    NGINX_HEAD,
+    _command,
+    _die_with_parent,
+    _free_port,
+    _stop,
+    _version,
+    _wait_ready,
+    find_nginx,
+)
 from ._report import Ratio, Section, fmt_ratio
 from ._rounds import Plan, Rounds
 from ._settings import Settings
@@ -96,8 +106,6 @@ LBPROXY = "httpx.AsyncClient -> lbclient proxy least_connections"
 _HAPROXY_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
 _STATUS = "/-/status"  # nginx stub_status and HAProxy stats, on the same servers
 _START_ATTEMPTS = 3
-_START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 5.0
 _KEEPALIVE_EXPIRY = 60.0  # seconds: longer than a client waits while the others run their rounds
 
 
@@ -243,31 +251,6 @@ def _has_stub_status(binary: str) -> bool:
     return "http_stub_status_module" in done.stderr + done.stdout
 
 
-def _ready(proc: subprocess.Popen[bytes], url: str) -> bool:
-    """True once ``url`` answers ``200 ok`` (through a proxy: once a backend answered through it)."""
-    deadline = time.monotonic() + _START_TIMEOUT
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                response = client.get(f"{url}/ready")
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            return response.status_code == 200 and response.text == "ok"
-    return False
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=_STOP_TIMEOUT)
-
-
 @contextlib.contextmanager
 def _server(label: str, root: Path, command: Callable[[int], list[str]], stop_signal: signal.Signals) -> Iterator[str]:
     """Start ``command(port)`` on a free loopback port (``command`` writes the config), wait until it
@@ -285,7 +268,7 @@ def _server(label: str, root: Path, command: Callable[[int], list[str]], stop_si
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us only, and we stop it ourselves
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run yet; it only calls prctl
             )
-        if _ready(proc, url):
+        if _wait_ready(proc, url):
             break
         _stop(proc, stop_signal)
     else:

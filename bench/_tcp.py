@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -131,7 +131,7 @@ def tcp(settings: Settings, nginx: str | None, haproxy: str | None) -> Section:
             root = base / ("haproxy" if label == HAPROXY else "tcp-proxy")
             urls[label] = stack.enter_context(_server(label, root, command, signal.SIGTERM))
         results = {regime: _measure(urls, tasks, close, rounds, requests) for regime, tasks, close in REGIMES}
-    rows = []
+    rows: list[Sequence[str]] = []
     ratios = []
     for (regime, tasks, _), measured in zip(REGIMES, results.values(), strict=True):
         for name, (rate, p99) in measured.items():
