@@ -338,7 +338,9 @@ def run_proxy_servers(
 
         def lbclient_proxy(port: int) -> list[str]:
             listen = f"{LOOPBACK}:{port}"
-            options = ["--strategy", "least_connections", "--log-level", "warning"]
+            # Idle connections kept as long as the nginx and HAProxy contenders keep theirs (600 s): with
+            # uvicorn's 5 s, the clients' kept connections were closed between rounds under them.
+            options = ["--strategy", "least_connections", "--log-level", "warning", "--keep-alive", "600"]
             return [
                 sys.executable,
                 "-m",

@@ -54,7 +54,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from ._cli_get import LOG_LEVELS, strategy_option
+from ._cli_get import LOG_LEVELS, positive_int, strategy_option
 from ._client import AsyncLBClient
 from ._core import HealthCheck, HostLike, RetryPolicy
 from ._discovery import Discovery
@@ -359,6 +359,10 @@ def make_app(
 
 # -- serving: ``lbclient proxy`` ---------------------------------------------------------------------------
 
+#: Seconds an idle caller's connection stays open: uvicorn's default. A caller that keeps connections
+#: longer (httpx keeps them 5 s too; nginx 75 s) may reuse one the proxy is closing: set it above theirs.
+KEEP_ALIVE = 5
+
 #: The message for a missing uvicorn: the ASGI app itself does not need it, serving does.
 _NO_UVICORN = "lbclient proxy needs uvicorn to serve: pip install 'lbclient[proxy]'"
 
@@ -372,8 +376,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(app: LBProxy, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "info") -> int:
+def serve(
+    app: LBProxy,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    log_level: str = "info",
+    keep_alive: int = KEEP_ALIVE,
+) -> int:
     """Serve ``app`` with uvicorn until interrupted (SIGINT, SIGTERM); 0 after a clean shutdown.
+    ``keep_alive`` is how long an idle caller's connection is kept open, in whole seconds.
 
     The socket is bound first and its address printed to stdout (``lbclient proxy: listening on
     http://HOST:PORT``), so ``port=0`` is usable by scripts. Raises ``ImportError`` naming the
@@ -389,6 +401,7 @@ def serve(app: LBProxy, host: str = "127.0.0.1", port: int = 8080, *, log_level:
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
         proxy_headers=False,  # X-Forwarded-For from the caller is appended to, never trusted as the peer
+        timeout_keep_alive=keep_alive,
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family)
@@ -412,6 +425,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--health-check", action="store_true", help="probe each host's /health actively")
     parser.add_argument("--health-path", default="/health", help="the proxy's own health endpoint")
+    parser.add_argument(
+        "--keep-alive",
+        type=positive_int,
+        default=KEEP_ALIVE,
+        metavar="SECONDS",
+        help="how long an idle caller's connection stays open (default: %(default)s, uvicorn's)",
+    )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
@@ -437,4 +457,4 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request: uvicorn's access log has it
-    return serve(app, host, port, log_level=args.log_level)
+    return serve(app, host, port, log_level=args.log_level, keep_alive=args.keep_alive)

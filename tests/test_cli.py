@@ -192,3 +192,10 @@ def test_sim_help_reaches_the_simulator(capsys: pytest.CaptureFixture[str]) -> N
 def test_sim_list_runs_through_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "list"]) == 0
     assert "herding" in capsys.readouterr().out
+
+
+def test_proxy_rejects_a_bad_keep_alive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["proxy", "--hosts", "127.0.0.1:1", "--keep-alive", "0"])
+    assert info.value.code == 2
+    assert "'0'" in capsys.readouterr().err
