@@ -34,7 +34,7 @@ from ._core import (
     WeightedRoundRobin,
 )
 from ._discovery import Discovery, DiscoveryError, DNSDiscovery, FileDiscovery, Resolution
-from ._exceptions import NoAvailableHostError
+from ._exceptions import ClientClosedError, NoAvailableHostError
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
 __version__ = "0.1.0"
@@ -44,6 +44,7 @@ __all__ = [
     "STRATEGIES",
     "AsyncLBClient",
     "AsyncLoadBalancingTransport",
+    "ClientClosedError",
     "ConsistentHash",
     "DNSDiscovery",
     "Discovery",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -20,6 +21,9 @@ logger = logging.getLogger("lbclient")
 
 #: Seconds before a step that raised runs again.
 ERROR_DELAY = 1.0
+#: The longest :meth:`ThreadLoop.stop` waits for a step to end (a discovery source's ``resolve()`` may
+#: block for as long as it likes): closing a client must return in bounded time.
+STOP_TIMEOUT = 0.5
 
 
 class ThreadLoop:
@@ -57,9 +61,20 @@ class ThreadLoop:
                 self._cleanup()
 
     def stop(self) -> None:
+        """Ask the loop to end and wait for it, at most :data:`STOP_TIMEOUT` seconds. A step that does
+        not return by then is left to end in its (daemon) thread; ``stopping`` tells it that nothing it
+        finds must be used."""
         self.stopping.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._thread is threading.current_thread():
+            return
+        self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            logger.warning(
+                "%s: still busy in its step %.1fs after close; it is left to end on its own, and what it "
+                "returns is dropped",
+                self.name,
+                STOP_TIMEOUT,
+            )
 
 
 class TaskLoop:
@@ -87,6 +102,11 @@ class TaskLoop:
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         self._group.start_soon(self._run, name=self.name)
+
+    def spawn(self, task: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Run ``task`` alongside the loop, in its task group: it is cancelled when the loop stops."""
+        assert self._group is not None, "spawn() is for the loop's own steps, while it runs"
+        self._group.start_soon(task)
 
     async def stop(self) -> None:
         group, self._group = self._group, None

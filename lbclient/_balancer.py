@@ -8,23 +8,22 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx
 import tenacity
 
-from . import _urls
+from ._connections import Connections, Target
 from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
 from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
 from ._discovery import Discovery, Refresher
-from ._exceptions import NoAvailableHostError
-from ._health import HealthChecks
+from ._exceptions import ClientClosedError, NoAvailableHostError
+from ._health import HTTPHealthChecks
 
 __all__ = ["logger"]
 
@@ -39,26 +38,6 @@ _EVENT_LEVELS = {
 
 #: Builds the body wrapper that releases a lease on close: the sync or the async one.
 StreamWrapper = Callable[[Any, Lease, bool], httpx.SyncByteStream | httpx.AsyncByteStream]
-
-
-class _Target:
-    """A host's URL parts, prepared once, and the rewrite of a pool request URL onto them."""
-
-    __slots__ = ("scheme", "host", "port", "prefix", "netloc", "url")
-
-    def __init__(self, base_url: str) -> None:
-        url = httpx.URL(base_url)
-        self.url = base_url
-        self.scheme = url.scheme
-        self.host = url.raw_host.decode("ascii")
-        self.port = url.port
-        self.prefix = url.raw_path.decode("ascii").rstrip("/")
-        self.netloc = url.netloc.decode("ascii")
-
-    def rewrite(self, url: httpx.URL) -> httpx.URL:
-        """``url`` sent to this host: its scheme, host and port, and its prefix before the path."""
-        path = self.prefix + url.raw_path.decode("ascii").split("?", 1)[0]
-        return _urls.replace(url, scheme=self.scheme, userinfo="", host=self.host, port=self.port, path=path)
 
 
 def _client_ip(request: httpx.Request) -> str | None:
@@ -192,8 +171,8 @@ class _Balancer:
         "budget",
         "hedge_budget",
         "chores",
+        "connections",
         "_key_source",
-        "_targets",
         "_rng",
     )
 
@@ -208,6 +187,7 @@ class _Balancer:
         panic_threshold: float,
         slow_start: float,
         service: str,
+        connections: Connections[Any],
         hedge: Hedge | float | bool | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
     ) -> None:
@@ -215,7 +195,8 @@ class _Balancer:
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
         self.hedge = Hedge.coerce(hedge)
-        self._targets: dict[str, _Target] = {}
+        #: Every transport this balancer sends through, and where each host's requests go.
+        self.connections = connections
         self._rng = random.Random()  # backoff jitter
         self.pool, refresher = live_pool(
             hosts,
@@ -236,9 +217,9 @@ class _Balancer:
             self.hedge_budget = RetryBudget(ratio, 0.0, window, clock=time.monotonic, lock=threading.Lock())
         self._key_source = self.pool.strategy.key_source
         #: What the transports run in the background: health checks, and refreshes of a discovered pool.
-        self.chores: list[HealthChecks | Refresher] = []
+        self.chores: list[HTTPHealthChecks | Refresher] = []
         if self.health_check is not None:
-            self.chores.append(HealthChecks(self.pool, self.health_check, self.service))
+            self.chores.append(HTTPHealthChecks(self.pool, self.health_check, self.service, connections))
         if refresher is not None:
             self.chores.append(refresher)
 
@@ -249,29 +230,22 @@ class _Balancer:
     def key(self, request: httpx.Request) -> str | None:
         key: object = request.extensions.get("lb_key")
         if key is not None:
-            return key.decode() if isinstance(key, bytes) else str(key)
+            # Bytes that are not UTF-8 still make a stable key (surrogate escapes, hashed as they are).
+            return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else str(key)
         if self._key_source == "client_ip":
             return _client_ip(request)
         if self._key_source == "path":
             return request.url.path
         return None
 
-    def _check_sendable(self, host: Host) -> None:
-        """Refuse a host URL that httpx could not send a request to (it validates more than the core);
-        the parts prepared on the way are kept for the requests."""
+    @staticmethod
+    def _check_sendable(host: Host) -> None:
+        """Refuse a host URL that httpx could not send a request to (it validates more than the core)."""
         try:
             httpx.Request("GET", host.url)
-            self._targets[host.url] = _Target(host.url)
+            Target(host.url)
         except (httpx.InvalidURL, ValueError) as exc:
             raise ValueError(f"host URL {host.url!r} is not valid for httpx: {exc}") from None
-
-    def target(self, host: HostState) -> _Target:
-        target = self._targets.get(host.url)
-        if target is None:
-            if len(self._targets) > 2 * len(self.pool) + 16:
-                self._targets.clear()  # forget hosts that left the pool
-            target = self._targets[host.url] = _Target(host.url)
-        return target
 
     def exchange(self, request: httpx.Request) -> _Exchange:
         return _Exchange(self, request)
@@ -285,145 +259,6 @@ class _StopWhen(tenacity.stop.stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return self._predicate(retry_state)
-
-
-InnerT = TypeVar("InnerT")
-
-#: The most connections in one inner connection pool. httpcore scans every connection of a pool, and asks
-#: each idle one's socket whether it is readable, several times per request; at 64 requests in flight
-#: to 3 hosts, pools of 4 connections made AsyncLBClient 2.3x faster than one pool per host, with a 5x
-#: lower p99 (``python -m bench --only proxies``).
-SUBPOOL_CONNECTIONS = 4
-
-
-def inner_factory(
-    cls: Callable[..., InnerT],
-    options: dict[str, Any],
-    *,
-    create_ssl_context: Callable[..., ssl.SSLContext] = httpx.create_ssl_context,
-) -> Callable[[httpx.Limits | None], InnerT]:
-    """Builds ``cls(**options)``, or with other ``limits``; every transport it builds shares one TLS
-    context, made by ``create_ssl_context`` (building one reads the CA bundle: milliseconds per transport
-    otherwise)."""
-    shared: dict[str, Any] = {}
-
-    def build(limits: httpx.Limits | None) -> InnerT:
-        if not shared:
-            context = create_ssl_context(
-                verify=options.get("verify", True), cert=options.get("cert"), trust_env=options.get("trust_env", True)
-            )
-            shared.update(options, verify=context, cert=None)
-        return cls(**shared) if limits is None else cls(**{**shared, "limits": limits})
-
-    return build
-
-
-class _SubPools(Generic[InnerT]):
-    """One host's inner transports: small connection pools of at most ``SUBPOOL_CONNECTIONS`` each, made
-    as the host's requests in flight need them, up to the client's ``max_connections`` for the host. A
-    request goes to the pool with the fewest requests in flight (the first on a tie, so sequential
-    traffic reuses one connection); its lease frees the place when it ends."""
-
-    __slots__ = ("host", "transports", "_busy", "_limits", "_build", "_lock")
-
-    def __init__(self, host: HostState, build: Callable[[httpx.Limits | None], InnerT], limits: httpx.Limits | None):
-        self.host = host
-        self.transports: list[InnerT] = []
-        self._busy: list[int] = []
-        self._limits = limits  # None: a single pool with the client's own limits (HTTP/2 multiplexes)
-        self._build = build
-        self._lock = threading.Lock()
-
-    def take(self, lease: Lease) -> InnerT:
-        busy = self._busy
-        with self._lock:
-            index = min(range(len(busy)), key=busy.__getitem__) if len(busy) > 1 else len(busy) - 1
-            if index < 0 or (busy[index] >= SUBPOOL_CONNECTIONS and self._room()):
-                index = len(busy)
-                self.transports.append(self._build(self._sub_limits()))
-                busy.append(0)
-            busy[index] += 1
-        lease.then = lambda: self._give(index)
-        return self.transports[index]
-
-    def _give(self, index: int) -> None:
-        with self._lock:
-            self._busy[index] -= 1
-
-    def _room(self) -> bool:
-        limits = self._limits
-        if limits is None:
-            return False
-        total = limits.max_connections
-        return total is None or len(self._busy) * SUBPOOL_CONNECTIONS < total
-
-    def _sub_limits(self) -> httpx.Limits | None:
-        limits = self._limits
-        if limits is None:
-            return None
-        size = SUBPOOL_CONNECTIONS
-        if limits.max_connections is not None:
-            size = max(1, min(size, limits.max_connections - len(self._busy) * SUBPOOL_CONNECTIONS))
-        keepalive = limits.max_keepalive_connections
-        return httpx.Limits(
-            max_connections=size,
-            max_keepalive_connections=size if keepalive is None else min(size, keepalive),
-            keepalive_expiry=limits.keepalive_expiry,
-        )
-
-
-class _Inners(Generic[InnerT]):
-    """The inner transports: the one the caller gave, shared by every host, or each host's own small
-    connection pools (:class:`_SubPools`) built by ``build`` (the default). Transports of hosts that
-    left the pool are retired once their requests are done."""
-
-    def __init__(self, shared: InnerT | None, build: Callable[[httpx.Limits | None], InnerT], options: dict[str, Any]):
-        self._shared = shared
-        self._build = build
-        limits = options.get("limits", httpx.Limits(max_connections=100, max_keepalive_connections=20))
-        self._limits = None if options.get("http2") else limits
-        self._default: InnerT | None = None
-        self._per_host: dict[str, _SubPools[InnerT]] = {}
-        self._lock = threading.Lock()  # the sync client is shared between threads
-
-    def for_lease(self, lease: Lease) -> InnerT:
-        """The transport to send ``lease``'s request through; the lease gives its place back when it ends."""
-        if self._shared is not None:
-            return self._shared
-        host = lease.host
-        pools = self._per_host.get(host.url)
-        if pools is None:
-            with self._lock:
-                pools = self._per_host.get(host.url)
-                if pools is None:
-                    pools = self._per_host[host.url] = _SubPools(host, self._build, self._limits)
-        return pools.take(lease)
-
-    def passthrough(self) -> InnerT:
-        """The transport for requests that are not the pool's."""
-        if self._shared is not None:
-            return self._shared
-        with self._lock:
-            if self._default is None:
-                self._default = self._build(None)
-            return self._default
-
-    def retire(self, pool: Pool) -> list[InnerT]:
-        """Transports of hosts no longer in ``pool`` with nothing in flight, for the caller to close."""
-        if len(self._per_host) <= len(pool):
-            return []
-        current = {host.url for host in pool.hosts}
-        with self._lock:
-            gone = [url for url, pools in self._per_host.items() if url not in current and pools.host.outstanding == 0]
-            return [transport for url in gone for transport in self._per_host.pop(url).transports]
-
-    def all(self) -> list[InnerT]:
-        with self._lock:
-            everything = [transport for pools in self._per_host.values() for transport in pools.transports]
-            everything += [single for single in (self._shared, self._default) if single is not None]
-            self._per_host.clear()
-            self._default = None
-        return everything
 
 
 def _overall_timeout(timeout: Any) -> float | None:
@@ -450,6 +285,7 @@ class _Exchange:
         "_key",
         "_timeout",
         "_timeout_changed",
+        "_own_sni",
         "_started",
         "_plan",
         "_tried",
@@ -466,6 +302,7 @@ class _Exchange:
         self._key = balancer.key(request)
         self._timeout: Any = request.extensions.get("timeout")
         self._timeout_changed = False
+        self._own_sni = "sni_hostname" in request.extensions
         self._started = time.monotonic()
         self._plan: RetryPlan | None = None
         if balancer.retries.max_attempts > 1:
@@ -511,6 +348,12 @@ class _Exchange:
         None: no host can be picked, but an earlier response can be returned instead.
         """
         balancer = self.balancer
+        connections = balancer.connections
+        if connections.closed:
+            raise ClientClosedError(
+                f"the {balancer.service!r} client was closed before {self.request.method} {self._url} could be sent",
+                request=self.request,
+            )
         lease = balancer.pool.acquire(self._key, self._tried)
         if lease is None:
             if self.previous is not None:
@@ -523,12 +366,10 @@ class _Exchange:
         self._tried.append(lease.host)
         request = request or self.request
         try:
-            target = balancer.target(lease.host)
-            request.url = target.rewrite(self._url)
+            connections.target(lease.host).point(request, self._url, own_sni=self._own_sni)
         except BaseException:
             lease.abandon()
             raise
-        request.headers["Host"] = target.netloc
         if self.attempts > 1 or balancer.retries.per_try_timeout is not None:
             plan = self.plan
             if plan is not None:
@@ -655,6 +496,8 @@ class _Exchange:
             request.headers.pop("host", None)
         else:
             request.headers["Host"] = self._host_header
+        if not self._own_sni:
+            request.extensions.pop("sni_hostname", None)
         if self._timeout_changed:
             if self._timeout is None:
                 request.extensions.pop("timeout", None)
@@ -667,7 +510,7 @@ class _Exchange:
         if isinstance(outcome, httpx.Response) and outcome.status_code not in self.balancer.retries.retry_on_status:
             return False  # the common case, decided without building the plan
         plan = self.plan
-        if plan is None or self._exhausted:
+        if plan is None or self._exhausted or self.balancer.connections.closed:
             return False
         if isinstance(outcome, BaseException):
             kind = failure_kind(outcome)
@@ -743,7 +586,14 @@ class _Exchange:
 
     def give_up(self, exc: Exception) -> httpx.Response:
         """The request failed for good: return the last response if there was one, else raise ``exc``
-        with every attempt (host, error) noted on it."""
+        with every attempt (host, error) noted on it; a request cut because the client closed raises
+        :class:`ClientClosedError` from the error that cut it."""
+        if self.balancer.connections.closed and not isinstance(exc, ClientClosedError):
+            raise ClientClosedError(
+                f"the {self.balancer.service!r} client was closed while {self.request.method} {self._url} was "
+                f"in flight; it was not retried",
+                request=self.request,
+            ) from exc
         if self.previous is not None:
             return self.previous
         if len(self.errors) > 1 or self.attempts > 1:

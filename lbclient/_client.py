@@ -99,7 +99,9 @@ class LBClient(_PoolClient, httpx.Client):
     through. Without it each host gets its own ``httpx.HTTPTransport`` built from ``verify``, ``cert``,
     ``http1``, ``http2``, ``limits``, ``proxy`` and ``trust_env``, as httpx builds its own (``limits``
     then apply per host). The balancing keywords are those of
-    :class:`LoadBalancingTransport`. ``client.pool`` is the live host set. Active health checks run on a
+    :class:`LoadBalancingTransport`; ``sni_hostname`` is the TLS server name sent and verified for HTTPS
+    hosts that have none of their own (``Host(url, sni_hostname=...)``), while the connection goes to the
+    host's address. ``client.pool`` is the live host set. Active health checks run on a
     background thread from construction until ``close()``.
     """
 
@@ -115,6 +117,7 @@ class LBClient(_PoolClient, httpx.Client):
         slow_start: float = 0.0,
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
+        sni_hostname: str | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -131,6 +134,7 @@ class LBClient(_PoolClient, httpx.Client):
             transport=inner,
             transport_options=inner_kwargs,
             service=name,
+            sni_hostname=sni_hostname,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
         # requests; also the default transport, so other absolute URLs go through the inner one.
@@ -160,6 +164,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         hedge: Hedge | float | bool | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
+        sni_hostname: str | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -177,6 +182,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             transport=inner,
             transport_options=inner_kwargs,
             service=name,
+            sni_hostname=sni_hostname,
         )
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
         super().__init__(transport=balancer, mounts=mounts, **kwargs)

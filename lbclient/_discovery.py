@@ -27,7 +27,7 @@ from typing import Any, Literal
 import anyio.to_thread
 
 from ._background import TaskLoop, ThreadLoop
-from ._core import Host, HostLike, Pool
+from ._core import Host, HostLike, Pool, check_sni_hostname
 
 __all__ = ["DNSDiscovery", "Discovery", "DiscoveryError", "FileDiscovery", "Resolution"]
 
@@ -44,6 +44,13 @@ class Resolution:
 
     hosts: Sequence[HostLike]
     ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        ttl = self.ttl
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl < 0
+        ):
+            raise ValueError(f"Resolution.ttl must be a finite number of seconds >= 0 or None, got {ttl!r}")
 
 
 def _check_interval(owner: str, name: str, value: object) -> float:
@@ -77,8 +84,8 @@ class Discovery(ABC):
 
 
 RecordType = Literal["A", "AAAA", "SRV"]
-#: One address found: (address, port, weight, TTL in seconds or None).
-_Found = tuple[str, int, float, float | None]
+#: One address found: (address, port, weight, TTL in seconds or None, the name it was found under).
+_Found = tuple[str, int, float, float | None, str]
 
 
 class DNSDiscovery(Discovery):
@@ -91,6 +98,10 @@ class DNSDiscovery(Discovery):
     (``pip install 'lbclient[dns]'``); without them dnspython uses the system's servers, and without
     dnspython the system resolver answers A/AAAA (it gives no TTL: ``max_interval`` applies). The name
     is asked again when the shortest TTL of its answer runs out, kept within the interval bounds.
+
+    With ``scheme="https"`` the hosts are addresses, but their certificates name the service: each host's
+    TLS server name (``sni_hostname``, sent and verified) is the name it was found under (``name``, or
+    an SRV record's target) unless ``sni_hostname=`` names another, or is None for none.
     """
 
     def __init__(
@@ -106,6 +117,7 @@ class DNSDiscovery(Discovery):
         weight: float = 1.0,
         min_interval: float = 1.0,
         max_interval: float = 30.0,
+        sni_hostname: str | Literal[True] | None = True,
     ) -> None:
         super().__init__(min_interval=min_interval, max_interval=max_interval)
         if not isinstance(name, str) or not name.strip(".") or any(c.isspace() for c in name):
@@ -114,14 +126,23 @@ class DNSDiscovery(Discovery):
             raise ValueError(f"DNSDiscovery.port must be a TCP port, got {port!r}")
         if scheme not in ("http", "https"):
             raise ValueError(f"DNSDiscovery.scheme must be 'http' or 'https', got {scheme!r}")
+        if isinstance(records, str) or not isinstance(records, Sequence):
+            raise ValueError(f"DNSDiscovery.records must be a sequence such as ('A', 'AAAA'), got {records!r}")
         unknown = [r for r in records if r not in ("A", "AAAA", "SRV")]
         if not records or unknown or ("SRV" in records and len(records) > 1):
             raise ValueError(f"DNSDiscovery.records must be A and/or AAAA, or SRV alone, got {records!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"DNSDiscovery.weight must be a finite number > 0, got {weight!r}")
         self.name = name
         self.port = port
         self.scheme = scheme
         self.records = tuple(records)
-        self.weight = weight
+        self.weight = float(weight)
+        #: The TLS server name of the hosts found (HTTPS only): the name asked for, by default; for SRV,
+        #: each record's target. None: none (the address is verified, as without discovery).
+        self.sni_hostname: str | Literal[True] | None = (
+            True if sni_hostname is True else check_sni_hostname(sni_hostname, "DNSDiscovery")
+        )
         self.timeout = _check_interval("DNSDiscovery", "timeout", timeout)
         self._resolver = _dnspython_resolver(nameservers, nameserver_port, self.timeout)
         if self._resolver is None and (nameservers or "SRV" in self.records):
@@ -132,19 +153,34 @@ class DNSDiscovery(Discovery):
     def resolve(self) -> Resolution:
         found: list[_Found]
         if self._resolver is None:
-            found = [(address, self.port, self.weight, None) for address in _system_addresses(self.name, self.port)]
+            addresses = _system_addresses(self.name, self.port)
+            found = [(address, self.port, self.weight, None, self.name) for address in addresses]
         elif self.records == ("SRV",):
             found = self._srv()
         else:
             found = self._lookup(self.name, self.records, self.port, self.weight)
         if not found:
             raise DiscoveryError(f"DNS name {self.name!r} has no {'/'.join(self.records)} records")
-        hosts = {f"{self.scheme}://{_netloc(address)}:{port}": weight for address, port, weight, _ in found}
-        ttls = [ttl for *_, ttl in found if ttl is not None]
+        hosts = {
+            f"{self.scheme}://{_netloc(address)}:{port}": (weight, self._sni(owner))
+            for address, port, weight, _, owner in found
+        }
+        ttls = [ttl for _, _, _, ttl, _ in found if ttl is not None]
         # Asked again when the shortest TTL runs out (within the interval bounds).
         # Sorted, so that every client (and every refresh) lists the hosts in the same order.
         ordered = sorted(hosts.items())
-        return Resolution([Host(url, weight=weight) for url, weight in ordered], min(ttls) if ttls else None)
+        return Resolution(
+            [Host(url, weight=weight, sni_hostname=sni) for url, (weight, sni) in ordered],
+            min(ttls) if ttls else None,
+        )
+
+    def _sni(self, owner: str) -> str | None:
+        """The TLS server name of a host found under the DNS name ``owner``."""
+        if self.scheme != "https":
+            return None
+        if self.sni_hostname is True:
+            return check_sni_hostname(owner.rstrip("."), "DNSDiscovery")
+        return self.sni_hostname
 
     def _query(self, name: str, record: str) -> Any:
         """dnspython's answer, None when the name has no such records; raises DiscoveryError."""
@@ -171,7 +207,7 @@ class DNSDiscovery(Discovery):
                 continue
             if answer is not None:
                 ttl = float(answer.rrset.ttl)
-                found += [(item.address, port, weight, ttl) for item in answer]
+                found += [(item.address, port, weight, ttl, name) for item in answer]
         if errors and not found:
             raise errors[0]
         return found
@@ -221,11 +257,15 @@ def _netloc(address: str) -> str:
 class FileDiscovery(Discovery):
     """Hosts from a file, one per line (``URL [weight]``; ``#`` starts a comment), re-read when its
     modification time changes, checked every ``min_interval`` seconds (1 by default). Handy with
-    config management, or with a sidecar that writes the file."""
+    config management, or with a sidecar that writes the file. ``sni_hostname`` is the TLS server name
+    of every HTTPS host listed (None: each host's own address or name)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, min_interval: float = 1.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, min_interval: float = 1.0, sni_hostname: str | None = None
+    ) -> None:
         super().__init__(min_interval=min_interval, max_interval=min_interval)
         self.path = Path(path)
+        self.sni_hostname = check_sni_hostname(sni_hostname, "FileDiscovery")
 
     def resolve(self) -> Resolution:
         try:
@@ -242,7 +282,7 @@ class FileDiscovery(Discovery):
                 weight = float(rest[0]) if rest else 1.0
             except ValueError:
                 raise DiscoveryError(f"{self.path}:{number}: weight {rest[0]!r} is not a number") from None
-            hosts.append(Host(url, weight=weight))
+            hosts.append(Host(url, weight=weight, sni_hostname=self.sni_hostname))
         if not hosts:
             raise DiscoveryError(f"hosts file {str(self.path)!r} lists no host")
         return Resolution(hosts, None)
@@ -281,17 +321,28 @@ class Refresher:
         return answer.hosts
 
     def thread(self) -> ThreadLoop:
-        return ThreadLoop(self.name, lambda _loop: self._resolve_and_apply(), first_delay=self._first_delay)
+        def step(loop: ThreadLoop) -> float:
+            answer = self._resolve()
+            if loop.stopping.is_set():
+                return 0.0  # the client closed while resolve() ran: its answer is not used
+            return self.apply(answer)
+
+        return ThreadLoop(self.name, step, first_delay=self._first_delay)
 
     def task(self) -> TaskLoop:
         async def step() -> float:
-            return await anyio.to_thread.run_sync(self._resolve_and_apply)
+            # abandon_on_cancel: closing the client never waits for a resolve() that blocks; its answer
+            # is dropped, since it is applied here, in the task, which is cancelled by then.
+            answer = await anyio.to_thread.run_sync(self._resolve, abandon_on_cancel=True)
+            return self.apply(answer)
 
         return TaskLoop(self.name, step, first_delay=self._first_delay)
 
-    def _resolve_and_apply(self) -> float:
+    def _resolve(self) -> Resolution | Exception:
         try:
-            answer: Resolution | BaseException = self.discovery.resolve()
+            answer: object = self.discovery.resolve()  # a user's source: checked, not trusted
         except Exception as exc:  # noqa: BLE001 - any failure keeps the last good hosts
-            answer = exc
-        return self.apply(answer)
+            return exc
+        if not isinstance(answer, Resolution):
+            return DiscoveryError(f"{self.discovery!r}.resolve() returned {answer!r}, not a Resolution")
+        return answer

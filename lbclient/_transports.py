@@ -17,8 +17,9 @@ import anyio
 import httpx
 import tenacity
 
-from ._balancer import _Balancer, _Exchange, _Inners, inner_factory
-from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, PoolEvent, Strategy
+from ._balancer import _Balancer, _Exchange
+from ._connections import Connections, SocketRegistry, inner_factory
+from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, PoolEvent, Strategy, check_sni_hostname
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
 
@@ -30,14 +31,17 @@ DEFAULT_SERVICE = "lbclient.invalid"
 
 
 class _LeasedStream(httpx.SyncByteStream):
-    """The response body; closing it ends the request's lease."""
+    """The response body; closing it ends the request's lease (and closes what that made closable)."""
 
-    __slots__ = ("_stream", "_lease", "_failed")
+    __slots__ = ("_stream", "_lease", "_failed", "_connections")
 
-    def __init__(self, stream: httpx.SyncByteStream, lease: Lease, failed: bool) -> None:
+    def __init__(
+        self, stream: httpx.SyncByteStream, lease: Lease, failed: bool, connections: Connections[httpx.BaseTransport]
+    ) -> None:
         self._stream = stream
         self._lease = lease
         self._failed = failed
+        self._connections = connections
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -51,17 +55,25 @@ class _LeasedStream(httpx.SyncByteStream):
             self._stream.close()
         finally:
             self._lease.release(failed=self._failed)
+            _close_closable(self._connections)
 
 
 class _AsyncLeasedStream(httpx.AsyncByteStream):
-    """The async response body; closing it ends the request's lease."""
+    """The async response body; closing it ends the request's lease (and closes what that made closable)."""
 
-    __slots__ = ("_stream", "_lease", "_failed")
+    __slots__ = ("_stream", "_lease", "_failed", "_connections")
 
-    def __init__(self, stream: httpx.AsyncByteStream, lease: Lease, failed: bool) -> None:
+    def __init__(
+        self,
+        stream: httpx.AsyncByteStream,
+        lease: Lease,
+        failed: bool,
+        connections: Connections[httpx.AsyncBaseTransport],
+    ) -> None:
         self._stream = stream
         self._lease = lease
         self._failed = failed
+        self._connections = connections
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -76,6 +88,18 @@ class _AsyncLeasedStream(httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             self._lease.release(failed=self._failed)
+            await _aclose_closable(self._connections)
+
+
+def _close_closable(connections: Connections[httpx.BaseTransport]) -> None:
+    """Close the transports that are done with (a host that left, once its last request ended)."""
+    for transport in connections.closable():
+        transport.close()
+
+
+async def _aclose_closable(connections: Connections[httpx.AsyncBaseTransport]) -> None:
+    for transport in connections.closable():
+        await transport.aclose()
 
 
 class _Balancing:
@@ -109,6 +133,7 @@ class BalancingOptions(typing.TypedDict, total=False):
     slow_start: float
     on_event: Callable[[PoolEvent], None] | None
     service: str
+    sni_hostname: str | None
 
 
 class AsyncBalancingOptions(BalancingOptions, total=False):
@@ -131,6 +156,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
     ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``on_event`` is called
     with every :class:`PoolEvent` (ejections, returns, health changes, panic, hosts added or removed)
     after it is logged, from the thread where it happened; an exception it raises is logged and dropped.
+    ``sni_hostname`` is the TLS server name sent and verified for HTTPS hosts without one of their own
+    (``Host(url, sni_hostname=...)``); the ``Host`` header then names it too, while the connection goes
+    to the host's address. Health checks go through the same connections, with the same TLS settings.
     """
 
     def __init__(
@@ -147,7 +175,17 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         transport: httpx.BaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
+        sni_hostname: str | None = None,
     ) -> None:
+        options = dict(transport_options or {})
+        build, registry = self._inner_factory(options)
+        self._connections = Connections(
+            transport,
+            build,
+            options,
+            sni_hostname=check_sni_hostname(sni_hostname, "LoadBalancingTransport"),
+            registry=None if transport is not None else registry,
+        )
         self._balancer = _Balancer(
             hosts,
             strategy=strategy,
@@ -158,27 +196,41 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             slow_start=slow_start,
             on_event=on_event,
             service=service,
+            connections=self._connections,
         )
-        options = dict(transport_options or {})
-        self._inners = _Inners(transport, self._inner_factory(options), options)
         self._closed = False
         self._loops = [chore.thread() for chore in self._balancer.chores]
 
     @staticmethod
-    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.BaseTransport]:
-        """Builds the default inner transports (each host's small pools, and the one for other hosts).
-        ``lbclient.httpx2`` overrides it to send through httpx2's own transports."""
-        return inner_factory(httpx.HTTPTransport, options)
+    def _inner_factory(
+        options: dict[str, Any],
+    ) -> tuple[Callable[[httpx.Limits | None], httpx.BaseTransport], SocketRegistry | None]:
+        """Builds the default inner transports (each host's small pools, the one for other hosts, the
+        health checks'), and the registry of their sockets. ``lbclient.httpx2`` overrides it to send
+        through httpx2's own transports."""
+        registry = SocketRegistry()
+        return inner_factory(httpx.HTTPTransport, options, registry=registry), registry
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send a pool request to a host of the pool (retried as the policy allows); any other request
         goes straight to the inner transport."""
         balancer = self._balancer
+        connections = self._connections
         if not balancer.owns(request):
-            return self._inners.passthrough().handle_request(request)
-        for retired in self._inners.retire(balancer.pool):
-            retired.close()
+            return connections.passthrough().handle_request(request)
+        connections.sweep(balancer.pool)
+        _close_closable(connections)
         exchange = balancer.exchange(request)
+        try:
+            return self._send(exchange)
+        except BaseException:
+            if exchange.previous is not None:
+                exchange.previous.close()
+            raise
+        finally:
+            exchange.restore()
+
+    def _send(self, exchange: _Exchange) -> httpx.Response:
         try:
             try:
                 response = self._attempt(exchange)
@@ -193,12 +245,6 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             return result
         except httpx.HTTPError as exc:
             return exchange.give_up(exc)
-        except BaseException:
-            if exchange.previous is not None:
-                exchange.previous.close()
-            raise
-        finally:
-            exchange.restore()
 
     def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
         seed = exchange.take_seed()
@@ -209,8 +255,10 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         if lease is None:
             assert exchange.previous is not None
             return exchange.previous
+        connections = self._connections
+        inner = connections.for_lease(lease)
         try:
-            response = self._inners.for_lease(lease).handle_request(exchange.request)
+            response = inner.handle_request(exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.SyncByteStream, response.stream)
                 try:
@@ -220,21 +268,28 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
                 exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
+            if connections.closed:
+                inner.close()  # a connection this attempt opened as the client closed must not outlive it
             raise
-        exchange.responded(lease, response, _LeasedStream)
+        exchange.responded(
+            lease, response, lambda stream, lease, failed: _LeasedStream(stream, lease, failed, connections)
+        )
         stale = exchange.keep(response)
         if stale is not None:
             stale.close()
         return response
 
     def close(self) -> None:
-        """Stop the health checks and discovery thread, and close the inner transports."""
+        """Stop the health checks and discovery thread, cut the requests in flight (they raise
+        :class:`ClientClosedError` and are not retried), and close every connection."""
         if not self._closed:
             self._closed = True
             for loop in self._loops:
-                loop.stop()
-            for inner in self._inners.all():
+                loop.stopping.set()
+            for inner in self._connections.close_all():
                 inner.close()
+            for loop in self._loops:
+                loop.stop()
 
 
 class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
@@ -260,7 +315,15 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
+        sni_hostname: str | None = None,
     ) -> None:
+        options = dict(transport_options or {})
+        self._connections = Connections(
+            transport,
+            self._inner_factory(options),
+            options,
+            sni_hostname=check_sni_hostname(sni_hostname, "AsyncLoadBalancingTransport"),
+        )
         self._balancer = _Balancer(
             hosts,
             strategy=strategy,
@@ -271,27 +334,38 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             slow_start=slow_start,
             on_event=on_event,
             service=service,
+            connections=self._connections,
             hedge=hedge,
         )
-        options = dict(transport_options or {})
-        self._inners = _Inners(transport, self._inner_factory(options), options)
         self._closed = False
         self._loops = [chore.task() for chore in self._balancer.chores]
 
     @staticmethod
     def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.AsyncBaseTransport]:
-        """Builds the default inner transports, as :meth:`LoadBalancingTransport._inner_factory`."""
+        """Builds the default inner transports, as :meth:`LoadBalancingTransport._inner_factory` (an
+        async task blocked on a socket wakes when another task closes it: no registry is needed)."""
         return inner_factory(httpx.AsyncHTTPTransport, options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send a pool request to a host of the pool (retried, and hedged, as configured); any other
         request goes straight to the inner transport."""
         balancer = self._balancer
+        connections = self._connections
         if not balancer.owns(request):
-            return await self._inners.passthrough().handle_async_request(request)
-        for retired in self._inners.retire(balancer.pool):
-            await retired.aclose()
+            return await connections.passthrough().handle_async_request(request)
+        connections.sweep(balancer.pool)
+        await _aclose_closable(connections)
         exchange = balancer.exchange(request)
+        try:
+            return await self._send(exchange)
+        except BaseException:
+            if exchange.previous is not None:
+                await exchange.previous.aclose()
+            raise
+        finally:
+            exchange.restore()
+
+    async def _send(self, exchange: _Exchange) -> httpx.Response:
         try:
             try:
                 response = await self._first(exchange)
@@ -306,12 +380,6 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             return result
         except httpx.HTTPError as exc:
             return exchange.give_up(exc)
-        except BaseException:
-            if exchange.previous is not None:
-                await exchange.previous.aclose()
-            raise
-        finally:
-            exchange.restore()
 
     async def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
         seed = exchange.take_seed()
@@ -324,8 +392,10 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         if lease is None:
             assert exchange.previous is not None
             return exchange.previous
+        connections = self._connections
+        inner = connections.for_lease(lease)
         try:
-            response = await self._inners.for_lease(lease).handle_async_request(request or exchange.request)
+            response = await inner.handle_async_request(request or exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.AsyncByteStream, response.stream)
                 try:
@@ -335,8 +405,13 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
                 exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
+            if connections.closed:
+                with anyio.CancelScope(shield=True):
+                    await inner.aclose()  # a connection opened as the client closed must not outlive it
             raise
-        exchange.responded(lease, response, _AsyncLeasedStream)
+        exchange.responded(
+            lease, response, lambda stream, lease, failed: _AsyncLeasedStream(stream, lease, failed, connections)
+        )
         if keep:
             stale = exchange.keep(response)
             if stale is not None:
@@ -408,10 +483,12 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         return self
 
     async def aclose(self) -> None:
-        """Stop the health-check and discovery tasks, and close the inner transports."""
+        """Stop the health-check and discovery tasks, cut the requests in flight (they raise
+        :class:`ClientClosedError` and are not retried), and close every connection."""
         if not self._closed:
             self._closed = True
             for loop in self._loops:
                 await loop.stop()
-            for inner in self._inners.all():
-                await inner.aclose()
+            with anyio.CancelScope(shield=True):
+                for inner in self._connections.close_all():
+                    await inner.aclose()

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("lbclient.httpx2 needs httpx2: pip install 'lbclient[httpx2]'") from exc
 
 from . import _exceptions, _transports
-from ._balancer import inner_factory
+from ._connections import SocketRegistry, inner_factory
 from ._core import HostLike, Pool
 from ._discovery import Discovery
 from ._transports import AsyncBalancingOptions, BalancingOptions
@@ -330,12 +330,15 @@ class _Core(_transports.LoadBalancingTransport):
     """The balancer, sending through httpx2's transports."""
 
     @staticmethod
-    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.BaseTransport]:
-        return inner_factory(_build_sync, options, create_ssl_context=httpx2.create_ssl_context)
+    def _inner_factory(
+        options: dict[str, Any],
+    ) -> tuple[Callable[[httpx.Limits | None], httpx.BaseTransport], SocketRegistry | None]:
+        # httpcore2's sockets are its own: there is no registry to shut them down from here.
+        return inner_factory(_build_sync, options, create_ssl_context=httpx2.create_ssl_context), None
 
     def passthrough(self) -> httpx2.BaseTransport:
         """The httpx2 transport for requests that are not the pool's: no conversion on their way."""
-        inner = self._inners.passthrough()
+        inner = self._connections.passthrough()
         assert isinstance(inner, _Inner)
         return inner.transport
 
@@ -348,7 +351,7 @@ class _AsyncCore(_transports.AsyncLoadBalancingTransport):
         return inner_factory(_build_async, options, create_ssl_context=httpx2.create_ssl_context)
 
     def passthrough(self) -> httpx2.AsyncBaseTransport:
-        inner = self._inners.passthrough()
+        inner = self._connections.passthrough()
         assert isinstance(inner, _AsyncInner)
         return inner.transport
 

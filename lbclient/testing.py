@@ -36,6 +36,7 @@ import io
 import ipaddress
 import json
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -84,6 +85,27 @@ class _Server(ThreadingHTTPServer):
             with self.connections_lock:
                 self.connections.discard(request)
         super().shutdown_request(request)
+
+    def finish_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        """Serve one connection, over TLS when the backend has a context (the handshake runs here, in the
+        connection's own thread)."""
+        context = self.backend.ssl_context
+        if context is None or not isinstance(request, socket.socket):
+            super().finish_request(request, client_address)
+            return
+        with self.connections_lock:
+            self.connections.discard(request)
+        try:
+            tls = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.backend.tls_failures += 1  # e.g. a client that refused our certificate
+            return
+        with self.connections_lock:
+            self.connections.add(tls)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -285,8 +307,13 @@ class Backend:
         reset: bool = False,
         drop: bool = False,
         hang: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        #: Serve HTTPS with this server-side context (``trustme`` makes one for tests); None: plain HTTP.
+        self.ssl_context = ssl_context
+        #: TLS handshakes that failed (a client that did not accept the certificate, say).
+        self.tls_failures = 0
         self.status = status
         self.delay = delay
         self.health_status = 200
@@ -311,8 +338,9 @@ class Backend:
 
     @property
     def url(self) -> str:
-        """The backend's base URL, ``http://127.0.0.1:PORT`` (the port stays the same across restarts)."""
-        return f"http://{self.address}:{self.port}"
+        """The backend's base URL, ``http://127.0.0.1:PORT`` (``https://`` with an ``ssl_context``; the port
+        stays the same across restarts)."""
+        return f"{'http' if self.ssl_context is None else 'https'}://{self.address}:{self.port}"
 
     @property
     def running(self) -> bool:

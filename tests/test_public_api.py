@@ -26,6 +26,7 @@ EXPECTED = {
     "LeastConnections",
     "LeastResponseTime",
     "LoadBalancingTransport",
+    "ClientClosedError",
     "NoAvailableHostError",
     "OutlierDetection",
     "PeakEwma",

@@ -7,7 +7,7 @@ a simulator on a fake clock.
 
 from ._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._hashing import hash64
-from ._host import PEAK_RELAX, Host, HostLike, HostState
+from ._host import PEAK_RELAX, Host, HostLike, HostState, check_sni_hostname
 from ._pool import DEFAULT_EWMA_DECAY, DEFAULT_PANIC_THRESHOLD, EventKind, HostStats, Lease, Pool, PoolEvent, PoolStats
 from ._strategies import (
     STRATEGIES,
@@ -62,6 +62,7 @@ __all__ = [
     "WeightedLeastConnections",
     "WeightedRandom",
     "WeightedRoundRobin",
+    "check_sni_hostname",
     "hash64",
     "make_strategy",
 ]

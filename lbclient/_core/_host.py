@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["PEAK_RELAX", "Host", "HostLike", "HostState", "parse_hosts"]
+__all__ = ["PEAK_RELAX", "Host", "HostLike", "HostState", "check_sni_hostname", "parse_hosts"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9_.-]*[a-z0-9])?")
@@ -71,6 +71,28 @@ def _check_hostname(hostname: str, raw: object) -> None:
         raise ValueError(f"host URL {raw!r} has an invalid host name {hostname!r}")
 
 
+def check_sni_hostname(value: object, owner: str) -> str | None:
+    """A TLS server name (``sni_hostname=``): None, or a DNS host name, not an address (RFC 6066 3),
+    returned in lower-case ASCII (IDNA)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip(".") or value != value.strip():
+        raise ValueError(f"{owner} sni_hostname must be a DNS host name or None, got {value!r}")
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{owner} sni_hostname must be a DNS name, not an IP address: got {value!r}")
+    try:
+        name = value.rstrip(".").lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{owner} sni_hostname {value!r} is not a valid host name") from None
+    if not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"{owner} sni_hostname {value!r} is not a valid host name")
+    return name
+
+
 @dataclass(frozen=True)
 class Host:
     """One backend of a pool: a base URL (with an optional path prefix) and a weight.
@@ -84,6 +106,7 @@ class Host:
     url: str
     weight: float = 1.0
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    sni_hostname: str | None = None
 
     def __post_init__(self) -> None:
         url = _normalize_url(self.url)
@@ -91,6 +114,7 @@ class Host:
         object.__setattr__(self, "weight", _validate_weight(self.weight, url))
         if not isinstance(self.metadata, Mapping):
             raise ValueError(f"metadata of host {url!r} must be a mapping, got {self.metadata!r}")
+        object.__setattr__(self, "sni_hostname", check_sni_hostname(self.sni_hostname, f"host {url!r}:"))
 
     @property
     def prefix(self) -> str:
@@ -100,7 +124,7 @@ class Host:
 
 HostLike = str | Host | Mapping[str, Any]
 
-_MAPPING_KEYS = frozenset({"url", "weight", "metadata"})
+_MAPPING_KEYS = frozenset({"url", "weight", "metadata", "sni_hostname"})
 
 
 def _to_host(item: object) -> Host:
@@ -114,7 +138,7 @@ def _to_host(item: object) -> Host:
             raise ValueError(f"host {dict(item)!r} has unknown keys {sorted(unknown)!r}")
         if "url" not in item:
             raise ValueError(f"host {dict(item)!r} has no 'url'")
-        return Host(item["url"], item.get("weight", 1.0), item.get("metadata", {}))
+        return Host(item["url"], item.get("weight", 1.0), item.get("metadata", {}), item.get("sni_hostname"))
     raise ValueError(f"host must be a URL string, a Host or a mapping, got {item!r}")
 
 
@@ -172,6 +196,7 @@ class HostState:
         "checks_failed",
         "ramp_started_at",
         "selectable",
+        "left",
     )
 
     def __init__(self, host: Host) -> None:
@@ -205,6 +230,9 @@ class HostState:
         self.ramp_started_at: float | None = None
         #: True while the current picker may choose this host (maintained by the pool).
         self.selectable = False
+        #: True once the host left the pool: this state then only finishes its requests in flight (a host
+        #: that comes back gets a new state).
+        self.left = False
 
     @property
     def available(self) -> bool:

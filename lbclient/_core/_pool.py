@@ -220,6 +220,7 @@ class Pool:
         self._panic = False
         self._candidates: tuple[HostState, ...] = ()
         self._signature: tuple[object, ...] = ()
+        self._generation = 0
         self._rebuild()
         self._pending.clear()  # no events for the initial state
 
@@ -285,6 +286,11 @@ class Pool:
         return self._panic
 
     @property
+    def generation(self) -> int:
+        """How many times :meth:`update` changed the host set: cheap to compare, to notice a change."""
+        return self._generation
+
+    @property
     def clock(self) -> Callable[[], float]:
         """The clock the pool reads (seconds, monotonic)."""
         return self._clock
@@ -313,9 +319,11 @@ class Pool:
                 states.append(state)
             for gone in current.values():
                 gone.selectable = False
+                gone.left = True
                 self._ejected.pop(gone.url, None)
                 self._pending.append(PoolEvent("removed", gone.url, "pool update"))
             self._states = states
+            self._generation += 1
             self._rebuild()
             events = self._take_events()
         self._emit(events)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -280,20 +282,25 @@ async def test_head_and_dot_segments(flavor: Flavor, backends: list[Backend]) ->
         assert (await flavor.get(client, "./a/../b")).json()["path"] == "/b"
 
 
+def _slots(client: Any, url: str) -> list[Any]:
+    """The small connection pools that host ``url`` has now (in its current time in the pool)."""
+    hosts = client._balancer._connections._hosts
+    return [slot for connections in hosts.values() if connections.host.url == url for slot in connections.slots]
+
+
 async def test_each_host_has_its_own_connection_pool_until_it_leaves(flavor: Flavor, backends: list[Backend]) -> None:
     a, b, c = backends
     async with flavor.client([a.url, b.url]) as client:
         for _ in range(4):
             await flavor.get(client, "/x")
-        inners = client._balancer._inners
-        first, second = (inners._per_host[h.url].transports for h in client.pool.hosts)
+        first, second = (_slots(client, h.url) for h in client.pool.hosts)
         assert len(first) == len(second) == 1  # one request at a time: one connection pool each
-        assert first[0] is not second[0]
+        assert first[0].transport is not second[0].transport
         client.pool.update([b.url, c.url])
-        for _ in range(3):  # once the new host has its transport, the next request retires a's
-            await flavor.get(client, "/x")
-        assert set(inners._per_host) <= {b.url, c.url}
-        assert inners._per_host[b.url].transports == second
+        await flavor.get(client, "/x")  # the first request after the update retires a's (idle) pools
+        assert _slots(client, a.url) == []
+        assert {h.url for h in client._balancer._connections._hosts} <= {b.url, c.url}
+        assert _slots(client, b.url) == second
 
 
 def test_concurrent_requests_to_a_host_spread_over_small_connection_pools(backends: list[Backend]) -> None:
@@ -301,7 +308,7 @@ def test_concurrent_requests_to_a_host_spread_over_small_connection_pools(backen
     pools of SUBPOOL_CONNECTIONS; each in-flight response holds its place until its body is closed."""
     from contextlib import ExitStack
 
-    from lbclient._balancer import SUBPOOL_CONNECTIONS
+    from lbclient._connections import SUBPOOL_CONNECTIONS
 
     held = 2 * SUBPOOL_CONNECTIONS + 1
     limits = httpx.Limits(max_connections=2 * SUBPOOL_CONNECTIONS + 2)
@@ -309,15 +316,44 @@ def test_concurrent_requests_to_a_host_spread_over_small_connection_pools(backen
         for _ in range(held):  # chunked bodies of unknown length are not buffered: each keeps its connection
             response = open_bodies.enter_context(client.stream("GET", "/stream?chunks=2"))
             assert response.status_code == 200
-        pools = client._balancer._inners._per_host[backends[0].url]
-        assert pools._busy == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 1]
+        pools = _slots(client, backends[0].url)
+        assert [slot.busy for slot in pools] == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 1]
         # the client's max_connections (10) caps the third pool at 2 connections, and there is no fourth
         response = open_bodies.enter_context(client.stream("GET", "/stream?chunks=2"))
         assert response.status_code == 200
-        assert len(pools.transports) == 3
-        assert pools._busy == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 2]
+        assert len(_slots(client, backends[0].url)) == 3
+        assert [slot.busy for slot in pools] == [SUBPOOL_CONNECTIONS, SUBPOOL_CONNECTIONS, 2]
         open_bodies.close()
-        assert pools._busy == [0, 0, 0]
+        assert [slot.busy for slot in pools] == [0, 0, 0]
         assert client.pool.hosts[0].outstanding == 0
         assert client.get("/x").status_code == 200
-        assert pools._busy == [0, 0, 0]
+        assert [slot.busy for slot in pools] == [0, 0, 0]
+
+
+def test_idle_connections_stay_within_max_keepalive_and_expire(backends: list[Backend]) -> None:
+    """max_keepalive_connections bounds a host's idle connections in all, however many small pools it
+    has; pools idle past keepalive_expiry are closed by the next request, not kept until used again."""
+    from contextlib import ExitStack
+
+    limits = httpx.Limits(max_connections=40, max_keepalive_connections=6, keepalive_expiry=0.2)
+    with lbclient.LBClient([backends[0].url], limits=limits) as client, ExitStack() as bodies:
+        registry = client._balancer._connections.registry
+        assert registry is not None
+        for _ in range(20):
+            bodies.enter_context(client.stream("GET", "/stream?chunks=2"))
+        assert registry.open == 20
+        bodies.close()
+        assert registry.open <= 6
+        deadline = time.monotonic() + 10
+        while registry.open > 1:  # each request after the expiry drops what has been idle since
+            assert time.monotonic() < deadline, f"{registry.open} idle connections left"
+            assert client.get("/x").status_code == 200
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("key", [b"\xff\xfe", b"user-1", "user-1"])
+def test_any_lb_key_works_with_any_strategy(backends: list[Backend], key: object) -> None:
+    for strategy in ("round_robin", "consistent_hash"):
+        with lbclient.LBClient([b.url for b in backends], strategy=strategy) as client:
+            hosts = {client.get("/x", extensions={"lb_key": key}).extensions["lb_host"] for _ in range(3)}
+            assert len(hosts) == (3 if strategy == "round_robin" else 1)

@@ -262,8 +262,29 @@ async def anyio_sleep(seconds: float) -> None:
         ({"name": "x.test", "records": ("MX",)}, "MX"),
         ({"name": "x.test", "min_interval": -1}, "-1"),
         ({"name": "x.test", "min_interval": 5, "max_interval": 1}, "1"),
+        ({"name": "x.test", "records": "A"}, "'A'"),
+        ({"name": "x.test", "weight": float("nan")}, "nan"),
+        ({"name": "x.test", "weight": -1}, "-1"),
+        ({"name": "x.test", "weight": 0}, "weight"),
+        ({"name": "x.test", "sni_hostname": "10.0.0.1"}, "10.0.0.1"),
     ],
 )
 def test_bad_discovery_settings_are_refused(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         DNSDiscovery(**kwargs)  # type: ignore[arg-type]
+
+
+def test_https_hosts_found_by_dns_are_verified_by_the_name_asked_for(
+    dns: DNSServer, fleet: Callable[[int], list[Backend]]
+) -> None:
+    h2, h3 = fleet(2)
+    dns.start({"web.test": addresses([h2, h3])})
+    found = dns.discovery("web.test", 8443, records=("A",), scheme="https").resolve()
+    assert [(h.url, h.sni_hostname) for h in found.hosts] == [  # type: ignore[union-attr]
+        ("https://127.0.0.2:8443", "web.test"),
+        ("https://127.0.0.3:8443", "web.test"),
+    ]
+    other = dns.discovery("web.test", 8443, records=("A",), scheme="https", sni_hostname="api.example").resolve()
+    assert {h.sni_hostname for h in other.hosts} == {"api.example"}  # type: ignore[union-attr]
+    plain = dns.discovery("web.test", 8080, records=("A",)).resolve()
+    assert {h.sni_hostname for h in plain.hosts} == {None}  # type: ignore[union-attr]

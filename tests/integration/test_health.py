@@ -5,6 +5,7 @@ asyncio and trio). Every wait is a condition with a deadline."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -146,14 +147,14 @@ async def test_the_checker_logs_and_survives_its_own_errors(
     caplog.set_level(logging.INFO, logger="lbclient")
     broken, a, b = backends
     a.health_status = 503
-    build = lbclient._health.HealthChecks.request
+    build = lbclient._health.HTTPHealthChecks.request
 
     def request(self: Any, host: HostState) -> httpx.Request:
         if host.url == broken.url:
             raise RuntimeError("a bug of ours while building the check")
         return build(self, host)
 
-    monkeypatch.setattr(lbclient._health.HealthChecks, "request", request)
+    monkeypatch.setattr(lbclient._health.HTTPHealthChecks, "request", request)
     async with flavor.client([broken.url, a.url, b.url], health_check=FAST_CHECKS) as client:
         host_broken, host_a = client.pool.hosts[:2]
 
@@ -223,3 +224,20 @@ async def test_async_checker_task_ends_on_aclose(mode: str, backends: list[Backe
     seen = health_checks(backends)
     await anyio.sleep(0.3)  # a short window of six intervals: no check may arrive in it
     assert health_checks(backends) == seen
+
+
+async def test_hanging_checks_never_delay_another_hosts_check(flavor: Flavor, backends: list[Backend]) -> None:
+    """Four hosts whose /health never answers (a listening socket that nobody reads) and one good host: the
+    good host is checked every interval, not once per round of timeouts."""
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
+    try:
+        hosts = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in silent] + [backends[0].url]
+        checks = HealthCheck(interval=0.02, timeout=5.0, unhealthy_threshold=1)
+        async with flavor.client(hosts, health_check=checks):
+            # Checked one host after another, or round by round, the good host would wait 5 s per round.
+            await eventually(
+                lambda: backends[0].count("GET", "/health") >= 10, timeout=4, what="10 checks of the good host"
+            )
+    finally:
+        for sock in silent:
+            sock.close()
