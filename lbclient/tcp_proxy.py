@@ -25,12 +25,25 @@ the same strategies, outlier detection, panic mode, slow start and discovery:
 - A connection cut short (a reset on one side, ``idle_timeout``, the proxy shutting down) is reset on both
   sides. ``idle_timeout`` cuts a connection after that many seconds without a byte either way (default:
   none). A host that reads slowly slows its caller down: the proxy holds a read's worth of bytes at most.
+- ``max_connections`` caps the caller connections served at once. At the cap the proxy stops accepting,
+  as HAProxy's ``maxconn`` does: newcomers wait in the kernel's listen backlog (the handshake is done and
+  their bytes are kept) and are taken in turn as connections close, none refused while the backlog has
+  room. The default, :func:`default_max_connections`, is half of what ``RLIMIT_NOFILE`` leaves after a
+  reserve, as each connection takes two descriptors (the caller's and the upstream's): callers alone
+  cannot exhaust them. ``None`` lifts the cap.
+- Running out of file descriptors (``EMFILE``, ``ENFILE``, or socket memory) ends neither the proxy nor any
+  open connection. It is logged once an episode: a warning when it starts, a line with the counts when it
+  is over. Accepting pauses, 5 ms doubling to 1 s and cut short whenever a connection closes, and resumes
+  once two descriptors are free, so waiting callers stay in the backlog rather than being taken and
+  dropped. When the upstream socket cannot be made, that caller's connection is closed (an orderly end;
+  a reset if it had sent bytes) and the host is not charged: no failure, no ejection, no retry on another
+  host. A health probe that meets the shortage gives no verdict.
 - Hash strategies (``ip_hash``, ``consistent_hash``, ``url_hash``) key on the caller's IP address.
 - ``health_check=True`` (or a :class:`HealthCheck`: its interval, timeout and thresholds; the path is not
   used) probes each host by opening and closing a TCP connection.
 
 The proxy runs on asyncio or trio (anyio). ``serve`` runs until cancelled; its health checks and
-discovery run alongside and stop with it.
+discovery run alongside and stop with it. ``serve_listener`` does the same on an anyio listener you made.
 """
 
 from __future__ import annotations
@@ -62,7 +75,7 @@ from ._discovery import Discovery, Refresher
 from ._exceptions import NoAvailableHostError
 from ._health import HealthChecks
 
-__all__ = ["TCPProxy"]
+__all__ = ["TCPProxy", "default_max_connections"]
 
 logger = logging.getLogger("lbclient.tcp")
 
@@ -135,17 +148,19 @@ def _reserved_descriptors(limit: int) -> int:
     return 16 + limit // 16
 
 
-def default_max_connections() -> int | None:
-    """The default ``max_connections``: half of what the soft ``RLIMIT_NOFILE`` leaves after a reserve
-    (16 + 1/16 of it), since each connection needs two descriptors, the caller's and the upstream's.
-    A limit of 1024 gives 472; 64 gives 22; "unlimited" counts as 2**20 (Linux's ``nr_open``). ``None``
-    (no cap) where there is no ``resource`` module."""
-    try:
-        import resource
-    except ImportError:  # not on this platform: there is no limit to derive from
-        return None
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = 2**20 if soft == resource.RLIM_INFINITY or soft < 0 else soft
+def default_max_connections(limit: int | None = None) -> int | None:
+    """The default ``max_connections`` under a descriptor limit of ``limit`` (by default this process's
+    soft ``RLIMIT_NOFILE``): half of what is left after a reserve of 16 + 1/16 of the limit, since each
+    connection needs two descriptors, the caller's and the upstream's. A limit of 1024 gives 472; 64
+    gives 22; "unlimited" counts as 2**20 (Linux's ``nr_open``). ``None`` (no cap) on a platform without
+    the ``resource`` module."""
+    if limit is None:
+        try:
+            import resource
+        except ImportError:  # not on this platform: there is no limit to derive from
+            return None
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = 2**20 if soft == resource.RLIM_INFINITY or soft < 0 else soft
     return max(1, (limit - _reserved_descriptors(limit)) // 2)
 
 
@@ -221,7 +236,7 @@ class _Exhaustion:
         logger.info(
             "%s: file descriptors available again after %.1f s: %d accepts and %d upstream connects failed",
             self.service,
-            self._last - self._started,
+            now - self._started,
             self.failed_accepts,
             self.failed_connects,
         )
@@ -688,6 +703,8 @@ async def _serve_until_signal(proxy: TCPProxy, host: str, port: int) -> int:
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         hosts = ", ".join(h.url.removeprefix("http://") for h in proxy.pool.hosts)
         print(f"lbclient tcp-proxy: listening on {shown}:{bound[1]} -> {hosts}", flush=True)
+        cap = proxy.max_connections
+        logger.info("tcp-proxy: %s", "no connection cap" if cap is None else f"at most {cap} connections at once")
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 logger.info("tcp-proxy: %s, shutting down", signal.Signals(signum).name)
