@@ -25,12 +25,25 @@ the same strategies, outlier detection, panic mode, slow start and discovery:
 - A connection cut short (a reset on one side, ``idle_timeout``, the proxy shutting down) is reset on both
   sides. ``idle_timeout`` cuts a connection after that many seconds without a byte either way (default:
   none). A host that reads slowly slows its caller down: the proxy holds a read's worth of bytes at most.
+- ``max_connections`` caps the caller connections served at once. At the cap the proxy stops accepting,
+  as HAProxy's ``maxconn`` does: newcomers wait in the kernel's listen backlog (the handshake is done and
+  their bytes are kept) and are taken in turn as connections close, none refused while the backlog has
+  room. The default, :func:`default_max_connections`, is half of what ``RLIMIT_NOFILE`` leaves after a
+  reserve, as each connection takes two descriptors (the caller's and the upstream's): callers alone
+  cannot exhaust them. ``None`` lifts the cap.
+- Running out of file descriptors (``EMFILE``, ``ENFILE``, or socket memory) ends neither the proxy nor any
+  open connection. It is logged once an episode: a warning when it starts, a line with the counts when it
+  is over. Accepting pauses, 5 ms doubling to 1 s and cut short whenever a connection closes, and resumes
+  once two descriptors are free, so waiting callers stay in the backlog rather than being taken and
+  dropped. When the upstream socket cannot be made, that caller's connection is closed (an orderly end;
+  a reset if it had sent bytes) and the host is not charged: no failure, no ejection, no retry on another
+  host. A health probe that meets the shortage gives no verdict.
 - Hash strategies (``ip_hash``, ``consistent_hash``, ``url_hash``) key on the caller's IP address.
 - ``health_check=True`` (or a :class:`HealthCheck`: its interval, timeout and thresholds; the path is not
   used) probes each host by opening and closing a TCP connection.
 
 The proxy runs on asyncio or trio (anyio). ``serve`` runs until cancelled; its health checks and
-discovery run alongside and stop with it.
+discovery run alongside and stop with it. ``serve_listener`` does the same on an anyio listener you made.
 """
 
 from __future__ import annotations
@@ -38,18 +51,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import tenacity
+from anyio.streams.stapled import MultiListener
 
 from ._background import TaskLoop
 from ._balancer import live_pool, retry_budget
@@ -60,7 +75,7 @@ from ._discovery import Discovery, Refresher
 from ._exceptions import NoAvailableHostError
 from ._health import HealthChecks
 
-__all__ = ["TCPProxy"]
+__all__ = ["TCPProxy", "default_max_connections"]
 
 logger = logging.getLogger("lbclient.tcp")
 
@@ -74,6 +89,190 @@ class _ConnectFailed(Exception):
     def __init__(self, host: str, cause: BaseException) -> None:
         super().__init__(f"{host}: {type(cause).__name__}: {cause}")
         self.host = host
+
+
+class _OutOfDescriptors(Exception):
+    """The upstream socket could not be made: this process is out of file descriptors (or socket buffers).
+    The proxy's shortage, not the host's."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(f"no file descriptor for the upstream socket: {cause}")
+        self.cause = cause
+
+
+#: ``errno`` values that say this process (or the system) ran out of descriptors or socket memory: a
+#: shortage of ours, never a peer's failure.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: What Linux ``accept(2)`` may return for a connection that broke before it was taken; "treat them like
+#: EAGAIN by retrying" (the man page). The listener is fine.
+_ACCEPT_TRANSIENT = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.ETIMEDOUT,
+    }
+)
+
+
+def _os_error(exc: BaseException, wanted: frozenset[int]) -> OSError | None:
+    """The first :class:`OSError` with an ``errno`` in ``wanted`` in ``exc``, its causes and contexts, and
+    the members of exception groups: anyio wraps the socket's error (trio's accept in
+    ``BrokenResourceError``, ``connect_tcp`` in ``OSError("All connection attempts failed")``)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in wanted:
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(linked for linked in (current.__cause__, current.__context__) if linked is not None)
+    return None
+
+
+def _reserved_descriptors(limit: int) -> int:
+    """Descriptors kept out of the default ``max_connections`` under a limit of ``limit``: the listener,
+    stdio, the event loop's own, health-check probes, discovery's look-ups, log files."""
+    return 16 + limit // 16
+
+
+def default_max_connections(limit: int | None = None) -> int | None:
+    """The default ``max_connections`` under a descriptor limit of ``limit`` (by default this process's
+    soft ``RLIMIT_NOFILE``): half of what is left after a reserve of 16 + 1/16 of the limit, since each
+    connection needs two descriptors, the caller's and the upstream's. A limit of 1024 gives 472; 64
+    gives 22; "unlimited" counts as 2**20 (Linux's ``nr_open``). ``None`` (no cap) on a platform without
+    the ``resource`` module."""
+    if limit is None:
+        try:
+            import resource
+        except ImportError:  # not on this platform: there is no limit to derive from
+            return None
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = 2**20 if soft == resource.RLIM_INFINITY or soft < 0 else soft
+    return max(1, (limit - _reserved_descriptors(limit)) // 2)
+
+
+def _max_connections(value: object) -> int | None:
+    """``max_connections`` checked: an int >= 1, None (no cap) or "auto" (:func:`default_max_connections`)."""
+    if value == "auto":
+        return default_max_connections()
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'max_connections must be an integer >= 1, None or "auto", got {value!r}')
+    return value
+
+
+class _Exhaustion:
+    """Running out of file descriptors, as episodes: one warning when an episode starts, one line when it
+    is over; while it lasts, a pause before each accept that doubles from ``FIRST_PAUSE`` up to
+    ``MAX_PAUSE`` (Go's ``net/http`` server backs off the same way on a failing accept: 5 ms up to 1 s).
+    A connection closing frees descriptors and ends a pause early, as HAProxy resumes a listener paused
+    for want of descriptors. The episode is over at the first connection made (caller and upstream)
+    ``QUIET`` seconds after the last failure, so a proxy that hovers at the limit logs once, not once for
+    every connection that closes."""
+
+    FIRST_PAUSE = 0.005
+    MAX_PAUSE = 1.0
+    QUIET = 1.0
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.active = False
+        self.failed_accepts = 0
+        self.failed_connects = 0
+        self._started = 0.0
+        self._last = 0.0
+        self._pause = 0.0
+        self._resume_at = 0.0
+        self._freed: anyio.Event | None = None
+
+    def failed(self, during: Literal["accept", "connect"], cause: OSError) -> None:
+        """An accept (or the check before it), or the upstream socket, failed for want of descriptors."""
+        now = anyio.current_time()
+        if not self.active:
+            self.active = True
+            self.failed_accepts = self.failed_connects = 0
+            self._started = now
+            self._pause = self.FIRST_PAUSE
+            what = "accepting a connection" if during == "accept" else "opening an upstream connection"
+            logger.warning(
+                "%s: out of file descriptors (%s while %s): accepting paused and retried, backing off up to "
+                "%g s; open connections are kept (logged once until it is over)",
+                self.service,
+                errno.errorcode.get(cause.errno or 0, cause.errno),
+                what,
+                self.MAX_PAUSE,
+            )
+        else:
+            self._pause = min(self._pause * 2, self.MAX_PAUSE)
+        if during == "accept":
+            self.failed_accepts += 1
+        else:
+            self.failed_connects += 1
+        self._last = now
+        self._resume_at = now + self._pause
+
+    def connected(self) -> None:
+        """A connection was made both ways: the episode is over if no failure came for ``QUIET`` s."""
+        if not self.active:
+            return
+        now = anyio.current_time()
+        if now - self._last < self.QUIET:
+            return
+        self.active = False
+        logger.info(
+            "%s: file descriptors available again after %.1f s: %d accepts and %d upstream connects failed",
+            self.service,
+            now - self._started,
+            self.failed_accepts,
+            self.failed_connects,
+        )
+
+    def freed(self) -> None:
+        """A connection closed: a paused accept may try again now."""
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    async def pause(self) -> None:
+        """Until the current pause is over, or a connection closes: at once when there is none."""
+        wait = self._resume_at - anyio.current_time() if self.active else 0.0
+        if wait <= 0:
+            return
+        if self._freed is None:
+            self._freed = anyio.Event()
+        freed = self._freed
+        with anyio.move_on_after(wait):
+            await freed.wait()
+
+
+def _lacking_descriptors(count: int) -> OSError | None:
+    """None when ``count`` sockets can be made now, else the error that says why not. While descriptors
+    are short, an accept waits for this with two (the caller's and its upstream's), or else each caller
+    taken from the backlog with one descriptor free would be closed at once, for want of the second."""
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    except OSError as exc:
+        return exc
+    finally:
+        for sock in made:
+            sock.close()
+    return None
 
 
 def _address(host: HostState | Host) -> tuple[str, int]:
@@ -130,6 +329,9 @@ class _ConnectChecks(HealthChecks):
             with anyio.fail_after(self.config.timeout):
                 stream = await anyio.connect_tcp(name, port)
         except (OSError, TimeoutError) as exc:
+            if (shortage := _os_error(exc, _EXHAUSTED)) is not None:  # ours, not the host's: no verdict
+                logger.debug("%s: health check of %s skipped: %s", self.service, host.url, shortage)
+                return
             self.pool.report_check(host, False, f"connect: {type(exc).__name__}: {exc}")
         else:
             await stream.aclose()
@@ -141,7 +343,9 @@ class TCPProxy:
 
     ``hosts`` are ``HOST:PORT`` strings (``tcp://`` optional), :class:`Host` objects, mappings, or a
     :class:`Discovery` source. ``retries`` is the most connect attempts per connection (an int, or a
-    :class:`RetryPolicy` whose ``max_attempts`` and budget apply). The other keywords are the clients'.
+    :class:`RetryPolicy` whose ``max_attempts`` and budget apply). ``max_connections`` is the most caller
+    connections at once (an int >= 1; ``None``: no cap; ``"auto"``, the default:
+    :func:`default_max_connections`, from the descriptor limit). The other keywords are the clients'.
     """
 
     def __init__(
@@ -152,6 +356,7 @@ class TCPProxy:
         retries: int | RetryPolicy | None = 3,
         connect_timeout: float = 5.0,
         idle_timeout: float | None = None,
+        max_connections: int | Literal["auto"] | None = "auto",
         outlier_detection: OutlierDetection | bool | None = True,
         health_check: HealthCheck | bool | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
@@ -161,6 +366,8 @@ class TCPProxy:
     ) -> None:
         self.connect_timeout = _seconds("connect_timeout", connect_timeout)
         self.idle_timeout = None if idle_timeout is None else _seconds("idle_timeout", idle_timeout)
+        #: The most caller connections served at once (None: no cap); more wait in the listen backlog.
+        self.max_connections = _max_connections(max_connections)
         self.service = service
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
@@ -177,6 +384,7 @@ class TCPProxy:
         )
         self._budget = retry_budget(self.retries)
         self._keyed = self.pool.strategy.key_source is not None
+        self._exhaustion = _Exhaustion(service)
         self._chores: list[HealthChecks | Refresher] = []
         if self.health_check is not None:
             self._chores.append(_ConnectChecks(self.pool, self.health_check, service))
@@ -192,35 +400,108 @@ class TCPProxy:
     ) -> None:
         """Listen on ``host:port`` and forward every connection until cancelled. With
         ``await task_group.start(proxy.serve, host, 0)`` the bound (host, port) comes back once listening."""
-        loops: list[TaskLoop] = [chore.task() for chore in self._chores]
         async with await anyio.create_tcp_listener(local_host=host, local_port=port) as listener:
-            started: list[TaskLoop] = []
+            await self.serve_listener(listener, task_status=task_status)
+
+    async def serve_listener(
+        self,
+        listener: anyio.abc.SocketListener | MultiListener[anyio.abc.SocketStream],
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Forward every connection ``listener`` accepts until cancelled, as :meth:`serve` does on its own
+        listener: the health checks and discovery run alongside, ``max_connections`` holds, and running
+        out of file descriptors pauses accepting instead of ending the proxy. ``task_status`` gets the
+        listener's local (host, port). The listener is the caller's to close."""
+        listeners = listener.listeners if isinstance(listener, MultiListener) else [listener]
+        if not all(isinstance(each, anyio.abc.SocketListener) for each in listeners):
+            raise TypeError(f"serve_listener takes anyio socket listeners, got {listener!r}")
+        loops: list[TaskLoop] = [chore.task() for chore in self._chores]
+        started: list[TaskLoop] = []
+        try:
+            for loop in loops:
+                await loop.start()
+                started.append(loop)
+            bound = listener.extra(anyio.abc.SocketAttribute.local_address)  # noqa: S610 - anyio, not Django
+            task_status.started((str(bound[0]), int(bound[1])))
+            await self._accept_loop([each for each in listeners if isinstance(each, anyio.abc.SocketListener)])
+        finally:
+            for loop in reversed(started):  # their task groups close in the order they opened
+                await loop.stop()
+
+    async def _accept_loop(self, listeners: list[anyio.abc.SocketListener]) -> None:
+        """Accept and hand each connection to :meth:`handle`, never more than ``max_connections`` at once
+        over all ``listeners``: at the cap the proxy stops accepting (as HAProxy's ``maxconn`` does) and
+        newcomers wait in the kernel's listen backlog, to be taken as soon as a connection closes."""
+        slots = None if self.max_connections is None else anyio.Semaphore(self.max_connections)
+
+        async def accept_from(listener: anyio.abc.SocketListener) -> None:
+            while True:
+                if slots is not None:
+                    await slots.acquire()
+                try:
+                    stream = await self._accept(listener)
+                except BaseException:
+                    if slots is not None:
+                        slots.release()
+                    raise
+                connections.start_soon(self._serve_one, stream, slots)
+
+        async with anyio.create_task_group() as connections:
+            for listener in listeners:
+                connections.start_soon(accept_from, listener)
+
+    async def _accept(self, listener: anyio.abc.SocketListener) -> anyio.abc.SocketStream:
+        """The next connection. Out of descriptors, the attempt is logged (once an episode), paused and
+        made again; a connection that broke before it was taken is skipped. Anything else (the listener
+        closed or broken) is raised."""
+        while True:
+            await self._exhaustion.pause()
+            if self._exhaustion.active and (shortage := _lacking_descriptors(2)) is not None:
+                self._exhaustion.failed("accept", shortage)  # the caller waits in the backlog, not dropped
+                continue
             try:
-                for loop in loops:
-                    await loop.start()
-                    started.append(loop)
-                bound = listener.extra(anyio.abc.SocketAttribute.local_address)  # noqa: S610 - anyio, not Django
-                task_status.started((str(bound[0]), int(bound[1])))
-                await listener.serve(self.handle)
-            finally:
-                for loop in reversed(started):  # their task groups close in the order they opened
-                    await loop.stop()
+                return await listener.accept()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                if (shortage := _os_error(exc, _EXHAUSTED)) is not None:
+                    self._exhaustion.failed("accept", shortage)
+                elif (broken := _os_error(exc, _ACCEPT_TRANSIENT)) is not None:
+                    logger.debug("%s: a connection broke before it was accepted: %s", self.service, broken)
+                else:
+                    raise
+
+    async def _serve_one(self, client: anyio.abc.SocketStream, slots: anyio.Semaphore | None) -> None:
+        """:meth:`handle` one connection in the proxy's task group: an unexpected error is logged and
+        ends this connection only."""
+        try:
+            await self.handle(client)
+        except Exception:  # a bug must cost one connection, not every other one with the proxy
+            logger.exception("%s: a connection failed unexpectedly", self.service)
+        finally:
+            if slots is not None:
+                slots.release()
+            self._exhaustion.freed()
 
     async def handle(self, client: anyio.abc.SocketStream) -> None:
         """Forward one accepted connection (what :meth:`serve` runs for each; usable with any anyio
-        listener). Closes ``client`` when done."""
+        listener, without the connection cap). Closes ``client`` when done."""
         async with client:
             _pause_reading(client)
             peer = client.extra(anyio.abc.SocketAttribute.remote_address, None)  # noqa: S610
             caller = str(peer[0]) if isinstance(peer, tuple) else None
             try:
                 lease, upstream = await self._connect(caller)
+            except _OutOfDescriptors as exc:
+                self._exhaustion.failed("connect", exc.cause)
+                logger.debug("%s: connection from %s closed: %s", self.service, caller, exc)
+                return
             except (NoAvailableHostError, _ConnectFailed) as exc:
                 notes = "; ".join(getattr(exc, "__notes__", ()))
                 logger.warning(
                     "%s: connection from %s dropped: %s%s", self.service, caller, exc, f" ({notes})" if notes else ""
                 )
                 return
+            self._exhaustion.connected()
             try:
                 async with upstream:
                     await self._pipe(client, upstream)
@@ -267,6 +548,9 @@ class TCPProxy:
             with anyio.fail_after(self.connect_timeout):
                 stream = await anyio.connect_tcp(name, port)
         except (OSError, TimeoutError) as exc:
+            if (shortage := _os_error(exc, _EXHAUSTED)) is not None:
+                lease.abandon()  # our shortage says nothing about the host, and another host would fare no better
+                raise _OutOfDescriptors(shortage) from exc
             lease.release(failed=True)
             failures.append(f"attempt {len(tried)}: {host.url}: {type(exc).__name__}: {exc}")
             raise _ConnectFailed(host.url, exc) from exc
@@ -354,8 +638,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connect-timeout", type=positive_float, default=5.0, metavar="SECONDS", help="default: %(default)s"
     )
     parser.add_argument("--idle-timeout", type=positive_float, default=None, metavar="SECONDS", help="default: none")
+    parser.add_argument(
+        "--max-connections",
+        type=_max_connections_option,
+        default="auto",
+        metavar="N",
+        help="the most caller connections at once; more wait in the listen backlog. An integer >= 1, 'none' "
+        "for no cap, or 'auto' (the default): half of what RLIMIT_NOFILE leaves after a reserve",
+    )
     parser.add_argument("--health-check", action="store_true", help="probe each host with a TCP connect")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def _max_connections_option(text: str) -> int | Literal["auto"] | None:
+    """An argparse type for ``--max-connections``: ``auto``, ``none`` or an integer >= 1."""
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() == "none":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, 'none' or 'auto', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,27 +675,36 @@ def run(args: argparse.Namespace) -> int:
             retries=RetryPolicy(max_attempts=args.retries),
             connect_timeout=args.connect_timeout,
             idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
             health_check=HealthCheck() if args.health_check else None,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    failure: BaseException | None = None
     try:
         return anyio.run(_serve_until_signal, proxy, host, port)
-    except* OSError as raised:  # the address is in use, or not ours to listen on
-        failure = raised.exceptions[0]
-    print(f"error: cannot listen on {args.listen}: {failure}", file=sys.stderr)
-    return 2
+    except _CannotListen as exc:  # the address is in use, or not ours to listen on
+        print(f"error: cannot listen on {args.listen}: {exc.__cause__}", file=sys.stderr)
+        return 2
+
+
+class _CannotListen(Exception):
+    """The listening socket could not be made (its cause says why); raised only before serving starts."""
 
 
 async def _serve_until_signal(proxy: TCPProxy, host: str, port: int) -> int:
-    async with anyio.create_task_group() as group:
-        bound: Any = await group.start(proxy.serve, host, port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise _CannotListen from exc
+    async with listener, anyio.create_task_group() as group:
+        bound: Any = await group.start(proxy.serve_listener, listener)
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         hosts = ", ".join(h.url.removeprefix("http://") for h in proxy.pool.hosts)
         print(f"lbclient tcp-proxy: listening on {shown}:{bound[1]} -> {hosts}", flush=True)
+        cap = proxy.max_connections
+        logger.info("tcp-proxy: %s", "no connection cap" if cap is None else f"at most {cap} connections at once")
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 logger.info("tcp-proxy: %s, shutting down", signal.Signals(signum).name)

@@ -1,10 +1,13 @@
 """The TCP forwarder against real TCP servers on 127.0.0.1: spread, open connections counted, half-close,
-large transfers both ways, killed and resetting backends, idle timeout, TCP health checks, the CLI."""
+large transfers both ways, killed and resetting backends, idle timeout, TCP health checks, the connection
+cap, running out of file descriptors (in a child process with a low RLIMIT_NOFILE), the CLI."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -15,14 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 
 from lbclient import HealthCheck, OutlierDetection
-from lbclient.tcp_proxy import TCPProxy
+from lbclient.tcp_proxy import TCPProxy, _Exhaustion, default_max_connections
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +52,7 @@ class _Handler(socketserver.BaseRequestHandler):
         with backend.lock:
             backend.connections += 1
             backend.active.add(sock)
+            backend.peak = max(backend.peak, len(backend.active))
         try:
             self._serve(backend, sock)
         except OSError:
@@ -103,6 +108,7 @@ class TCPBackend:
         self.lock = threading.Lock()
         self.connections = 0
         self.active: set[socket.socket] = set()
+        self.peak = 0  # the most connections open at once
         self.port = 0
         self._server: _Server | None = None
         self.start()
@@ -188,6 +194,16 @@ async def wait_for(condition: Callable[[], bool], what: str) -> None:
         while not condition():
             await anyio.sleep(0.01)
     assert condition(), what
+
+
+async def echo_through(stream: anyio.abc.SocketStream, data: bytes) -> None:
+    """``data`` through an ``echo`` connection and back, whole."""
+    await stream.send(data)
+    got = b""
+    with anyio.fail_after(DEADLINE):
+        while len(got) < len(data):
+            got += await stream.receive()
+    assert got == data
 
 
 def outstanding(proxy: TCPProxy) -> dict[str, int]:
@@ -426,6 +442,11 @@ async def test_tcp_health_checks_mark_a_dead_host_and_its_return(
         (["127.0.0.1:0"], {}, "'127.0.0.1:0'"),
         (["127.0.0.1:5432/db"], {}, "'127.0.0.1:5432/db'"),
         ([{"url": "tcp://127.0.0.1", "weight": 2}], {}, "'tcp://127.0.0.1'"),
+        (["127.0.0.1:5432"], {"max_connections": 0}, "0"),
+        (["127.0.0.1:5432"], {"max_connections": -3}, "-3"),
+        (["127.0.0.1:5432"], {"max_connections": 2.5}, "2.5"),
+        (["127.0.0.1:5432"], {"max_connections": True}, "True"),
+        (["127.0.0.1:5432"], {"max_connections": "many"}, "'many'"),
     ],
 )
 def test_bad_input_names_the_value(hosts: list[str], options: dict[str, object], named: str) -> None:
@@ -537,3 +558,383 @@ def test_the_command_says_when_it_cannot_listen() -> None:
         )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+# -- the connection cap ----------------------------------------------------------------------------------------
+
+
+async def test_max_connections_holds_the_next_caller_in_the_backlog_until_one_closes(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address], max_connections=2)
+    async with running(proxy) as address:
+        held = [await ask_name(address) for _ in range(2)]
+        assert [name for _, name in held] == ["a", "a"]
+        third = await anyio.connect_tcp(*address)  # the kernel completes the handshake: it waits in the backlog
+        await third.send(b"name\n")
+        with anyio.move_on_after(0.3) as waiting:
+            early = await third.receive()
+        assert waiting.cancelled_caught, f"connection 3 of at most 2 was served: {early!r}"
+        assert backend.connections == 2  # no upstream connection was opened for it
+        await held[0][0].aclose()
+        with anyio.fail_after(DEADLINE):
+            assert await third.receive() == b"a\n"  # its bytes were kept, and it is served now
+        assert (backend.connections, backend.peak) == (3, 2)
+        for stream in (held[1][0], third):
+            await stream.aclose()
+        await wait_for(lambda: sum(outstanding(proxy).values()) == 0, "every hold ended")
+
+
+async def test_max_connections_is_never_exceeded_under_a_burst(tcp_backends: Callable[[int], list[TCPBackend]]) -> None:
+    (backend,) = tcp_backends(1)
+    proxy = TCPProxy([backend.address], max_connections=3)
+    answers: dict[int, bytes] = {}
+    async with running(proxy) as address:
+
+        async def echo(index: int) -> None:
+            stream = await anyio.connect_tcp(*address)
+            await stream.send(b"echo\n" + pattern(100_000) + bytes([index]))
+            await stream.send_eof()
+            answers[index] = await receive_all(stream)
+            await stream.aclose()
+
+        async with anyio.create_task_group() as group:
+            for index in range(12):
+                group.start_soon(echo, index)
+    assert all(answers[i] == pattern(100_000) + bytes([i]) + b"END a\n" for i in range(12))
+    assert backend.connections == 12
+    assert backend.peak <= 3, backend.peak
+
+
+def test_the_default_cap_leaves_two_descriptors_a_connection_and_a_reserve() -> None:
+    assert default_max_connections(64) == 22  # 64 - (16 + 4) = 44 descriptors: 22 callers and their upstreams
+    assert default_max_connections(1024) == 472
+    assert default_max_connections(10) == 1
+    assert TCPProxy(["127.0.0.1:5432"]).max_connections == default_max_connections()
+    assert TCPProxy(["127.0.0.1:5432"], max_connections=None).max_connections is None
+
+
+def test_the_command_rejects_a_bad_max_connections() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lbclient", "tcp-proxy", "--hosts", "127.0.0.1:5432", "--max-connections", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "'0'" in result.stderr, result.stderr
+
+
+# -- running out of file descriptors ----------------------------------------------------------------------------
+
+#: Runs the proxy in a child with RLIMIT_NOFILE lowered: ``LIMIT cli ARGS...`` runs ``lbclient ARGS`` (on
+#: asyncio); ``LIMIT trio HOST:PORT CAP`` serves ``TCPProxy([HOST:PORT], max_connections=CAP)`` on trio. Either
+#: prints ``listening on 127.0.0.1:PORT`` first.
+LIMITED = """\
+import logging, resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+if sys.argv[2] == "cli":
+    from lbclient.__main__ import main
+    sys.exit(main(sys.argv[3:]))
+import anyio
+from lbclient.tcp_proxy import TCPProxy
+async def serve(address, cap):
+    proxy = TCPProxy([address], max_connections=None if cap == "none" else cap if cap == "auto" else int(cap))
+    async with anyio.create_task_group() as group:
+        host, port = await group.start(proxy.serve, "127.0.0.1", 0)
+        print(f"listening on {host}:{port}", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # until told to stop
+        group.cancel_scope.cancel()
+logging.basicConfig(level="INFO", format="%(levelname)s: %(name)s: %(message)s")
+anyio.run(serve, sys.argv[3], sys.argv[4], backend=sys.argv[2])
+"""
+
+
+class LimitedProxy:
+    """A proxy in a child process whose descriptor limit is ``limit``; its stderr lines are collected."""
+
+    def __init__(self, limit: int, *args: str) -> None:
+        self.cli = args[0] == "cli"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LIMITED, str(limit), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.errors: list[str] = []
+        errors = self.process.stderr
+        self._reader = threading.Thread(target=lambda: self.errors.extend(line for line in errors), daemon=True)
+        self._reader.start()
+        line = self.process.stdout.readline()
+        assert "listening on 127.0.0.1:" in line, (line, self.errors)
+        self.address = ("127.0.0.1", int(line.split("listening on 127.0.0.1:")[1].split()[0]))
+
+    @classmethod
+    def serving(cls, limit: int, backend: str, host: str, cap: str) -> LimitedProxy:
+        if backend == "trio":
+            return cls(limit, "trio", host, cap)
+        return cls(limit, "cli", "tcp-proxy", "--listen", "127.0.0.1:0", "--hosts", host, "--max-connections", cap)
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in list(self.errors) if text in line]
+
+    def stop(self) -> int:
+        """End the child (SIGINT for the command, a line on stdin for the trio one); its exit code."""
+        if self.process.poll() is None:
+            if self.cli:
+                self.process.send_signal(signal.SIGINT)
+            else:
+                assert self.process.stdin is not None
+                self.process.stdin.write("stop\n")
+                self.process.stdin.flush()
+        try:
+            return self.process.wait(timeout=DEADLINE)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._reader.join(DEADLINE)
+            for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def echo_both_ways(sock: socket.socket, data: bytes) -> None:
+    """``data`` through an ``echo`` connection and back, whole."""
+    sock.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection ended after {len(got)} of {len(data)} bytes"
+        got += chunk
+    assert got == data
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def proxy_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("cap", ["none", "auto"])
+def test_established_connections_survive_a_flood_beyond_the_descriptor_limit(
+    tcp_backends: Callable[[int], list[TCPBackend]], proxy_backend: str, cap: str
+) -> None:
+    """64 descriptors: room for about 25 connections. Five are established, then 200 more arrive and stay.
+    Without a cap ("none") accepting runs out of descriptors; with the default cap it stops at 22 first.
+    Either way the five keep echoing, the proxy keeps running, and once the flood ends new callers are
+    served again."""
+    (backend,) = tcp_backends(1)
+    proxy = LimitedProxy.serving(64, proxy_backend, backend.address, cap)
+    established: list[socket.socket] = []
+    flood: list[socket.socket] = []
+    try:
+        for index in range(5):
+            sock = socket.create_connection(proxy.address, timeout=DEADLINE)
+            established.append(sock)
+            sock.sendall(b"echo\n")
+            echo_both_ways(sock, b"before %d" % index)
+        for _ in range(200):
+            flood.append(socket.create_connection(proxy.address, timeout=DEADLINE))
+        if cap == "none":
+            wait_until(lambda: proxy.lines("out of file descriptors"), f"no shortage reported: {proxy.errors}")
+        else:
+            cap_value = default_max_connections(64)
+            wait_until(lambda: len(backend.active) == cap_value, f"not {cap_value} connections: {backend.active}")
+        for index, sock in enumerate(established):
+            echo_both_ways(sock, pattern(50_000) + b"during %d" % index)
+        assert proxy.process.poll() is None, proxy.errors
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        with socket.create_connection(proxy.address, timeout=DEADLINE) as newcomer:
+            newcomer.sendall(b"name\n")
+            assert newcomer.recv(100) == b"a\n"  # behind the flood's leftovers in the backlog, and served
+        for index, sock in enumerate(established):
+            echo_both_ways(sock, b"after %d" % index)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b"END a\n"
+    finally:
+        for sock in established + flood:
+            sock.close()
+        code = proxy.stop()
+    assert code == 0, proxy.errors
+    assert not proxy.lines("Traceback"), "".join(proxy.errors)
+    warnings = proxy.lines("out of file descriptors")
+    if cap == "none":
+        # Logged when an episode starts, not for each of the many accepts that failed in it.
+        assert 1 <= len(warnings) <= 1 + len(proxy.lines("available again")), "".join(proxy.errors)
+    else:
+        assert warnings == [], "".join(proxy.errors)  # the cap keeps the proxy below the limit
+        assert backend.peak <= default_max_connections(64)
+
+
+#: A proxy on a child's last descriptor: ``BACKEND HOST:PORT``. Every descriptor but one is taken, so a caller
+#: can be accepted and its upstream socket cannot be made; a line on stdin frees them and prints the host's
+#: state as JSON; another line stops.
+STARVED = """\
+import json, logging, os, sys
+import anyio
+from lbclient.tcp_proxy import TCPProxy
+async def serve(address):
+    proxy = TCPProxy([address], max_connections=None)
+    async with anyio.create_task_group() as group:
+        host, port = await group.start(proxy.serve, "127.0.0.1", 0)
+        hogs = []
+        try:
+            while True:
+                hogs.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        os.close(hogs.pop())
+        print(f"listening on {host}:{port}", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        for fd in hogs:
+            os.close(fd)
+        (state,) = proxy.pool.hosts
+        keys = ("failures", "ejected", "healthy", "outstanding")
+        print(json.dumps({key: getattr(state, key) for key in keys}), flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        group.cancel_scope.cancel()
+logging.basicConfig(level="DEBUG", format="%(levelname)s: %(name)s: %(message)s")
+anyio.run(serve, sys.argv[2], backend=sys.argv[1])
+"""
+
+
+def test_no_descriptor_for_the_upstream_closes_the_caller_and_spares_the_host(
+    tcp_backends: Callable[[int], list[TCPBackend]], proxy_backend: str
+) -> None:
+    (backend,) = tcp_backends(1)
+    command = [sys.executable, "-c", STARVED, proxy_backend, backend.address]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            line = process.stdout.readline()
+            assert "listening on 127.0.0.1:" in line, line
+            address = ("127.0.0.1", int(line.split("listening on 127.0.0.1:")[1]))
+            with socket.create_connection(address, timeout=DEADLINE) as caller:
+                assert caller.recv(100) == b""  # an orderly end (a reset would raise), nothing forwarded
+            assert backend.connections == 0
+            process.stdin.write("free\n")
+            process.stdin.flush()
+            state: Mapping[str, Any] = json.loads(process.stdout.readline())
+            assert state == {"failures": 0, "ejected": False, "healthy": True, "outstanding": 0}
+            with socket.create_connection(address, timeout=DEADLINE) as caller:  # descriptors are back
+                caller.sendall(b"name\n")
+                assert caller.recv(100) == b"a\n"
+            assert backend.connections == 1
+            process.stdin.write("stop\n")
+            process.stdin.flush()
+            _, errors = process.communicate(timeout=DEADLINE)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors, errors
+    # Once the caller took the last descriptor, the next accept fails too: one episode, logged once.
+    assert len([line for line in errors.splitlines() if "out of file descriptors (EMFILE" in line]) == 1, errors
+    assert "no file descriptor for the upstream socket" in errors, errors
+
+
+class FailingListener(anyio.abc.SocketListener):
+    """A real listener whose accepts can be made to fail for want of descriptors, as the event loop's own
+    listener reports it (asyncio: the OSError; trio: BrokenResourceError from it). ``fail(n)``: the next n
+    accepts fail, the one waiting now included."""
+
+    def __init__(self, inner: anyio.abc.SocketListener, backend: str) -> None:
+        self.inner = inner
+        self.backend = backend
+        self.failures = 0
+        self.failed = 0
+        self._armed = anyio.Event()
+
+    def fail(self, count: int) -> None:
+        self.failures += count
+        self._armed.set()
+
+    async def accept(self) -> anyio.abc.SocketStream:
+        await anyio.lowlevel.checkpoint()
+        if self.failures == 0:
+            taken: list[anyio.abc.SocketStream] = []
+            async with anyio.create_task_group() as group:
+
+                async def take() -> None:
+                    taken.append(await self.inner.accept())
+                    group.cancel_scope.cancel()
+
+                group.start_soon(take)
+                await self._armed.wait()
+                group.cancel_scope.cancel()
+            self._armed = anyio.Event()
+            if taken:
+                return taken[0]
+        self.failures -= 1
+        self.failed += 1
+        shortage = OSError(errno.EMFILE, "Too many open files")
+        if self.backend == "trio":
+            raise anyio.BrokenResourceError from shortage
+        raise shortage
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.inner.extra_attributes
+
+
+async def test_running_out_of_descriptors_is_logged_once_an_episode(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (backend,) = tcp_backends(1)
+    monkeypatch.setattr(_Exhaustion, "FIRST_PAUSE", 0.001)
+    monkeypatch.setattr(_Exhaustion, "MAX_PAUSE", 0.004)
+    monkeypatch.setattr(_Exhaustion, "QUIET", 0.0)  # over at the first connection made after the last failure
+    proxy = TCPProxy([backend.address], max_connections=None)
+    (inner,) = (await anyio.create_tcp_listener(local_host="127.0.0.1")).listeners
+    assert isinstance(inner, anyio.abc.SocketListener)
+    listener = FailingListener(inner, anyio_backend)
+
+    def lines(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="lbclient.tcp"):
+        async with listener, anyio.create_task_group() as group:
+            address = await group.start(proxy.serve_listener, listener)
+            established = await anyio.connect_tcp(*address)
+            await established.send(b"echo\n")
+            await echo_through(established, b"before")
+            for episode, failures in enumerate((50, 20), start=1):
+                listener.fail(failures)
+                await wait_for(lambda: listener.failures == 0, "the accepts failed")
+                assert len(lines("out of file descriptors")) == episode  # once, for all its failed accepts
+                assert len(lines("available again")) == episode - 1
+                stream, name = await ask_name(address)  # accepting went on: served, and the episode is over
+                assert name == "a"
+                await stream.aclose()
+                assert len(lines("available again")) == episode
+                assert f"{failures} accepts and 0 upstream connects failed" in lines("available again")[-1]
+            await echo_through(established, pattern(100_000))  # the connection from before was kept
+            await established.send_eof()
+            assert await receive_all(established) == b"END a\n"
+            await established.aclose()
+            group.cancel_scope.cancel()
+    assert listener.failed == 70
+    assert backend.connections == 3
