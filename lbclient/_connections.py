@@ -242,22 +242,33 @@ class _HostConnections(Generic[InnerT]):
     goes to the pool with the fewest requests in flight (the first on a tie, so sequential traffic reuses
     one connection); its lease frees the place when it ends."""
 
-    __slots__ = ("host", "target", "slots", "_owner", "_lock")
+    __slots__ = ("host", "target", "slots", "retired", "_owner", "_lock")
 
     def __init__(self, host: HostState, target: Target, owner: Connections[InnerT]) -> None:
         self.host = host
         self.target = target
         self.slots: list[_Slot[InnerT]] = []
+        #: Set once, with the host gone and nothing in flight: the pools are being closed, none is given out.
+        self.retired = False
         self._owner = owner
         self._lock = threading.Lock()
 
-    @property
-    def idle(self) -> bool:
-        return all(slot.busy == 0 for slot in self.slots)
+    def try_retire(self) -> bool:
+        """Retire these pools if the host left and nothing is in flight on them (atomic with :meth:`take`,
+        so no request can start on a pool that is about to close)."""
+        with self._lock:
+            if not self.retired and self.host.left and all(slot.busy == 0 for slot in self.slots):
+                self.retired = True
+                return True
+            return False
 
-    def take(self, lease: Lease) -> InnerT:
+    def take(self, lease: Lease) -> InnerT | None:
+        """A transport for ``lease``'s request, or None if these pools were just retired (a request that
+        picked the host as it left: the caller makes new pools for it)."""
         owner = self._owner
         with self._lock:
+            if self.retired:
+                return None
             slots = self.slots
             slot = min(slots, key=_busy) if slots else None
             if slot is None or (slot.busy >= SUBPOOL_CONNECTIONS and self._room()):
@@ -272,8 +283,7 @@ class _HostConnections(Generic[InnerT]):
             slot.busy -= 1
             if slot.busy == 0:
                 slot.idle_since = time.monotonic()
-            done = self.host.left and self.idle
-        if done:
+        if self.host.left and self.try_retire():
             self._owner.retire(self)
 
     def expire(self, before: float) -> list[InnerT]:
@@ -353,10 +363,10 @@ class Connections(Generic[InnerT]):
 
     def _of(self, host: HostState) -> _HostConnections[InnerT]:
         connections = self._hosts.get(host)
-        if connections is None:
+        if connections is None or connections.retired:
             with self._lock:
                 connections = self._hosts.get(host)
-                if connections is None:
+                if connections is None or connections.retired:
                     target = Target(host.url, host.host.sni_hostname or self.sni_hostname)
                     connections = self._hosts[host] = _HostConnections(host, target, self)
         return connections
@@ -369,7 +379,10 @@ class Connections(Generic[InnerT]):
         """The transport to send ``lease``'s request through; the lease gives its place back when it ends."""
         if self._shared is not None:
             return self._shared
-        return self._of(lease.host).take(lease)
+        while True:
+            transport = self._of(lease.host).take(lease)
+            if transport is not None:
+                return transport
 
     def passthrough(self) -> InnerT:
         """The transport for requests that are not the pool's."""
@@ -398,9 +411,10 @@ class Connections(Generic[InnerT]):
         if pool.generation != self._generation:
             self._generation = pool.generation
             with self._lock:
-                done = [c for c in self._hosts.values() if c.host.left and c.idle]
-            for connections in done:
-                self.retire(connections)
+                gone = [c for c in self._hosts.values() if c.host.left]
+            for connections in gone:
+                if connections.try_retire():
+                    self.retire(connections)
         if now >= self._next_sweep:
             self._next_sweep = now + self._expiry
             with self._lock:
@@ -410,10 +424,11 @@ class Connections(Generic[InnerT]):
                 self._closable += stale
 
     def retire(self, connections: _HostConnections[InnerT]) -> None:
+        """Forget retired pools; their transports wait in :meth:`closable`."""
         with self._lock:
             if self._hosts.get(connections.host) is connections:
                 del self._hosts[connections.host]
-                self._closable += [slot.transport for slot in connections.slots]
+            self._closable += [slot.transport for slot in connections.slots]
 
     def closable(self) -> list[InnerT]:
         """Transports to close now (taken: each is given out once). Empty and cheap most of the time."""
