@@ -28,6 +28,13 @@ any fault, so ``count()`` proves what reached the server)::
 
 ``/health`` only obeys ``health_status`` and ``health_pattern``; the other faults leave it alone.
 Request bodies are read whole (``/sink`` aside), with ``Content-Length`` or chunked.
+
+A request that carries an ``X-Request-Id`` header is also counted by that id, so a test can prove that
+each request arrived exactly once (``ids()``), and ``open_connections`` counts the client connections
+the server holds open::
+
+    client.post("/x", headers={"X-Request-Id": "post-1"})
+    assert a.ids()["post-1"] == 1
 """
 
 from __future__ import annotations
@@ -146,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         # /sink counts its body without keeping it, so uploads of any size fit in memory.
         received = sum(len(piece) for piece in self._body_chunks()) if url.path == "/sink" else None
         body = b"" if received is not None else self._read_body()
-        backend._arrived(self.command, url.path)
+        backend._arrived(self.command, url.path, self.headers.get("X-Request-Id"))
         if url.path == "/health":
             status = backend._health_answer()
             self._send(status, {"id": backend.name, "healthy": status < 400})
@@ -325,6 +332,7 @@ class Backend:
         self._burst: list[tuple[int, str | None]] = []
         self._health_answers = 0
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._ids: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -399,9 +407,25 @@ class Backend:
             self._health_answers += 1
             return status
 
-    def _arrived(self, method: str, path: str) -> None:
+    def _arrived(self, method: str, path: str, request_id: str | None = None) -> None:
         with self._counts_lock:
             self._counts[(method, path)] += 1
+            if request_id is not None:
+                self._ids[request_id] += 1
+
+    def ids(self) -> Counter[str]:
+        """How many times each ``X-Request-Id`` arrived (a copy; requests without the header are not in it)."""
+        with self._counts_lock:
+            return Counter(self._ids)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open now (0 when killed)."""
+        server = self._server
+        if server is None:
+            return 0
+        with server.connections_lock:
+            return len(server.connections)
 
     def count(self, method: str | None = None, path: str | None = None) -> int:
         """Requests that arrived, optionally only those with this method and/or path."""
@@ -416,6 +440,7 @@ class Backend:
         """Forget the requests counted so far (see :meth:`count`)."""
         with self._counts_lock:
             self._counts.clear()
+            self._ids.clear()
 
     def __enter__(self) -> Backend:
         return self

@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from servers import serving, wait_for
 
 from lbclient import HealthCheck
 from lbclient.__main__ import main
@@ -41,38 +41,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> None:
-    """The blocking twin of ``eventually``, for fixtures and subprocesses."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)
-
-
 def lowered(headers: dict[str, str]) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
-
-
-@contextlib.contextmanager
-def serving(app: LBProxy) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a free port of 127.0.0.1; yield its base URL."""
-    config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", server_header=False, date_header=False, proxy_headers=False
-    )
-    server = uvicorn.Server(config)
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), what="proxy startup")
-        assert server.started, "the proxy did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the proxy did not shut down"
 
 
 @contextlib.asynccontextmanager
