@@ -106,7 +106,7 @@ def test_consecutive_failures_eject() -> None:
     assert not h["a"].available
     [event] = h.events
     assert (event.kind, event.host) == ("ejected", "http://a")
-    assert "3 consecutive failures" in event.reason
+    assert "3 consecutive gateway failures" in event.reason
     assert set(h.picks(60)) == {"b", "c"}
 
 
