@@ -115,6 +115,7 @@ class LBClient(_PoolClient, httpx.Client):
         slow_start: float = 0.0,
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
+        max_in_flight: int | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -131,6 +132,7 @@ class LBClient(_PoolClient, httpx.Client):
             transport=inner,
             transport_options=inner_kwargs,
             service=name,
+            max_in_flight=max_in_flight,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
         # requests; also the default transport, so other absolute URLs go through the inner one.
@@ -160,6 +162,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         hedge: Hedge | float | bool | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
+        max_in_flight: int | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -177,6 +180,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             transport=inner,
             transport_options=inner_kwargs,
             service=name,
+            max_in_flight=max_in_flight,
         )
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
         super().__init__(transport=balancer, mounts=mounts, **kwargs)

@@ -4,7 +4,9 @@
      └ httpx.RequestError
         └ httpx.TransportError
            └ NoAvailableHostError   no host of the pool can take the request (all drained,
-                                    or all ejected or unhealthy with panic turned off)
+                                    or all ejected or unhealthy with panic turned off, or
+                                    every available host at its max_in_flight: the message
+                                    says so)
 
 Bad configuration raises ``ValueError`` at construction, naming the offending value.
 """

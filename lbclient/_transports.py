@@ -30,14 +30,16 @@ DEFAULT_SERVICE = "lbclient.invalid"
 
 
 class _LeasedStream(httpx.SyncByteStream):
-    """The response body; closing it ends the request's lease."""
+    """The response body; closing it ends the request's lease, with the response's status, or as failed
+    when the body broke off."""
 
-    __slots__ = ("_stream", "_lease", "_failed")
+    __slots__ = ("_stream", "_lease", "_status", "_failed")
 
-    def __init__(self, stream: httpx.SyncByteStream, lease: Lease, failed: bool) -> None:
+    def __init__(self, stream: httpx.SyncByteStream, lease: Lease, status: int) -> None:
         self._stream = stream
         self._lease = lease
-        self._failed = failed
+        self._status = status
+        self._failed = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -50,18 +52,19 @@ class _LeasedStream(httpx.SyncByteStream):
         try:
             self._stream.close()
         finally:
-            self._lease.release(failed=self._failed)
+            self._lease.release(failed=self._failed, status=self._status)
 
 
 class _AsyncLeasedStream(httpx.AsyncByteStream):
-    """The async response body; closing it ends the request's lease."""
+    """The async response body; closing it ends the request's lease, as :class:`_LeasedStream`."""
 
-    __slots__ = ("_stream", "_lease", "_failed")
+    __slots__ = ("_stream", "_lease", "_status", "_failed")
 
-    def __init__(self, stream: httpx.AsyncByteStream, lease: Lease, failed: bool) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream, lease: Lease, status: int) -> None:
         self._stream = stream
         self._lease = lease
-        self._failed = failed
+        self._status = status
+        self._failed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -75,7 +78,7 @@ class _AsyncLeasedStream(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
-            self._lease.release(failed=self._failed)
+            self._lease.release(failed=self._failed, status=self._status)
 
 
 class _Balancing:
@@ -109,6 +112,7 @@ class BalancingOptions(typing.TypedDict, total=False):
     slow_start: float
     on_event: Callable[[PoolEvent], None] | None
     service: str
+    max_in_flight: int | None
 
 
 class AsyncBalancingOptions(BalancingOptions, total=False):
@@ -128,7 +132,10 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
     default), ``health_check`` (off by default; active checks run on a background thread),
-    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``on_event`` is called
+    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``max_in_flight`` (an
+    int >= 1, or None for no cap) is the most requests in flight to one host, for hosts that set none of
+    their own: a host at its cap is skipped, and when every available host is, a request fails at once
+    with :class:`NoAvailableHostError` saying so. ``on_event`` is called
     with every :class:`PoolEvent` (ejections, returns, health changes, panic, hosts added or removed)
     after it is logged, from the thread where it happened; an exception it raises is logged and dropped.
     """
@@ -147,6 +154,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         transport: httpx.BaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
+        max_in_flight: int | None = None,
     ) -> None:
         self._balancer = _Balancer(
             hosts,
@@ -158,6 +166,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             slow_start=slow_start,
             on_event=on_event,
             service=service,
+            max_in_flight=max_in_flight,
         )
         options = dict(transport_options or {})
         self._inners = _Inners(transport, self._inner_factory(options), options)
@@ -260,6 +269,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
+        max_in_flight: int | None = None,
     ) -> None:
         self._balancer = _Balancer(
             hosts,
@@ -272,6 +282,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             on_event=on_event,
             service=service,
             hedge=hedge,
+            max_in_flight=max_in_flight,
         )
         options = dict(transport_options or {})
         self._inners = _Inners(transport, self._inner_factory(options), options)

@@ -87,20 +87,23 @@ def _ascii_hostname(hostname: str, error: str) -> str:
 
 def _ends_in_number(hostname: str) -> bool:
     """WHATWG URL's "ends in a number": the last label (a trailing dot aside) is digits or 0x-hex."""
+    last = _labels(hostname)[-1]
+    return (last.isdecimal() and last.isascii()) or bool(_HEX_LABEL.fullmatch(last))
+
+
+def _labels(hostname: str) -> list[str]:
+    """The dot-separated labels, a trailing dot (an absolute name) aside."""
     labels = hostname.split(".")
     if labels[-1] == "" and len(labels) > 1:
         labels.pop()
-    last = labels[-1]
-    return last.isdecimal() and last.isascii() or bool(_HEX_LABEL.fullmatch(last))
+    return labels
 
 
 def _whatwg_ipv4(hostname: str, raw: object) -> ipaddress.IPv4Address:
     """WHATWG URL's IPv4 parser: up to four parts, each decimal, octal (leading 0) or hex (0x); the last
     part fills the bytes that the others leave (``127.1``, ``0x7f.0.0.1`` and ``2130706433`` are one host)."""
     error = f"host URL {raw!r} has a host {hostname!r} that ends in a number but is not an IPv4 address"
-    parts = hostname.split(".")
-    if parts[-1] == "" and len(parts) > 1:
-        parts.pop()
+    parts = _labels(hostname)
     if len(parts) > 4:
         raise ValueError(error)
     numbers_: list[int] = []

@@ -590,7 +590,8 @@ class Pool:
         """End a success-rate interval: eject the hosts whose success rate is an outlier against the
         others' (worst first, within the ejection cap), and start the next interval."""
         config = self._outliers
-        assert config is not None and config.success_rate_interval is not None
+        assert config is not None
+        assert config.success_rate_interval is not None
         outliers, threshold = success_rate_outliers(
             ((h, h.window_requests, h.window_requests - h.window_failures) for h in self._states),
             minimum_hosts=config.success_rate_minimum_hosts,
