@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 import random
+import re
 from typing import Any
 
 import pytest
@@ -243,7 +243,10 @@ def test_normalisation_is_idempotent_and_canonical(
         (["10.1.2:80", "10.1.0.2"], "10.1.0.2"),
         (["[0:0::1]:8000", "[::1]:8000", "[0000:0000:0000:0000:0000:0000:0000:0001]:8000"], "[::1]:8000"),
         (["[2001:DB8::1]", "[2001:db8:0:0::1]"], "[2001:db8::1]"),
-        (["bücher.example", "BÜCHER.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"], "xn--bcher-kva.example"),
+        (
+            ["bücher.example", "BÜCHER.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"],
+            "xn--bcher-kva.example",
+        ),
     ],
 )
 def test_spellings_of_one_host_are_one_host(spellings: list[str], url: str) -> None:
@@ -292,7 +295,8 @@ def test_max_in_flight_and_sni_hostname_are_kept() -> None:
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True, math.inf])
 def test_max_in_flight_must_be_a_positive_int(value: Any) -> None:
-    with pytest.raises(ValueError, match=rf"max_in_flight of host 'http://a' must be an int >= 1 or None, got {value!r}"):
+    message = rf"max_in_flight of host 'http://a' must be an int >= 1 or None, got {value!r}"
+    with pytest.raises(ValueError, match=message):
         Host("a", max_in_flight=value)
 
 
