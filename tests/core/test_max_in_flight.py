@@ -206,3 +206,23 @@ def test_a_strategy_that_keeps_picking_a_full_host_gets_one_with_room() -> None:
     assert take(pool, 3)[0].host.url == "http://a"
     assert pool.acquire() is None
     assert sorted(h.outstanding for h in pool.hosts) == [1, 1, 1]
+
+
+PASS_OVER_BY_THEMSELVES = sorted(set(STRATEGIES) - {"round_robin", "weighted_round_robin", "random", "weighted_random"})
+
+
+@pytest.mark.parametrize("strategy", PASS_OVER_BY_THEMSELVES)
+def test_load_and_hash_strategies_pass_a_full_host_over_without_the_pools_fallback(strategy: str) -> None:
+    """Their own pick skips the host (infinite load, the other of two choices, a rehash), so the pool
+    never has to ask again: the pick keeps the strategy's own quality."""
+    pool, clock, _ = make_pool([Host("a", max_in_flight=1), "b", "c"], strategy)
+    a, b, c = pool.hosts
+    for step in range(100):  # a full at 1 in flight, b and c with more: a looks the least loaded
+        if a.overloaded and min(b.outstanding, c.outstanding) >= 2:
+            break
+        pool.acquire(f"key{step}")
+        clock.advance(0.001)
+    assert (a.outstanding, a.overloaded) == (1, True)
+    picks = {pool.strategy.pick(f"key{i}", clock.now) for i in range(200)}
+    assert picks
+    assert picks <= {b, c}
