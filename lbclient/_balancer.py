@@ -36,8 +36,9 @@ _EVENT_LEVELS = {
     "panic": logging.WARNING,
 }
 
-#: Builds the body wrapper that releases a lease on close: the sync or the async one.
-StreamWrapper = Callable[[Any, Lease, bool], httpx.SyncByteStream | httpx.AsyncByteStream]
+#: Builds the body wrapper that releases a lease on close (given the response's status): the sync or the
+#: async one.
+StreamWrapper = Callable[[Any, Lease, int], httpx.SyncByteStream | httpx.AsyncByteStream]
 
 
 def _client_ip(request: httpx.Request) -> str | None:
@@ -122,6 +123,7 @@ def live_pool(
     on_event: Callable[[PoolEvent], None] | None,
     host_check: Callable[[Host], None] | None = None,
     latency_window: int = 0,
+    max_in_flight: int | None = None,
 ) -> tuple[Pool, Refresher | None]:
     """A pool on the real clock, with a lock for threads and events logged (and given to ``on_event``),
     and the refresher that follows ``hosts`` when it is a discovery source (None for a list)."""
@@ -143,6 +145,7 @@ def live_pool(
         listener=_log_event(service, on_event),
         host_check=host_check,
         latency_window=latency_window,
+        max_in_flight=max_in_flight,
     )
     made.append(pool)
     return pool, refresher
@@ -190,6 +193,7 @@ class _Balancer:
         connections: Connections[Any],
         hedge: Hedge | float | bool | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self.service = _check_service(service)
         self.retries = RetryPolicy.coerce(retries)
@@ -209,6 +213,7 @@ class _Balancer:
             on_event=on_event,
             host_check=self._check_sendable,
             latency_window=1024 if self.hedge is not None and self.hedge.delay is None else 0,
+            max_in_flight=max_in_flight,
         )
         self.budget = retry_budget(self.retries)
         self.hedge_budget = None
@@ -354,14 +359,17 @@ class _Exchange:
                 f"the {balancer.service!r} client was closed before {self.request.method} {self._url} could be sent",
                 request=self.request,
             )
-        lease = balancer.pool.acquire(self._key, self._tried)
+        pool = balancer.pool
+        lease = pool.acquire(self._key, self._tried)
         if lease is None:
             if self.previous is not None:
                 self._exhausted = True
                 return None
-            raise NoAvailableHostError(
-                f"no host of {balancer.service!r} can take the request: {balancer.pool!r}", request=self.request
-            )
+            if pool.saturated:
+                message = f"every available host of {balancer.service!r} is at its max_in_flight: {pool!r}"
+            else:
+                message = f"no host of {balancer.service!r} can take the request: {pool!r}"
+            raise NoAvailableHostError(message, request=self.request)
         self.attempts += 1
         self._tried.append(lease.host)
         request = request or self.request
@@ -396,13 +404,13 @@ class _Exchange:
         builds the sync or async body)."""
         response.extensions["lb_host"] = lease.host.url
         response.extensions["lb_attempts"] = self.attempts
-        failed = response.status_code >= 500
+        status = response.status_code
         if response.is_closed:
             # A body built in memory (mock transports): no close will come, so the lease ends now.
-            lease.release(failed=failed)
+            lease.release(status=status)
         else:
-            response.stream = wrap(response.stream, lease, failed)
-        if failed:
+            response.stream = wrap(response.stream, lease, status)
+        if status >= 500:
             self.errors.append((lease.host.url, f"HTTP {response.status_code}"))
 
     def keep(self, response: httpx.Response) -> httpx.Response | None:

@@ -118,6 +118,7 @@ class LBClient(_PoolClient, httpx.Client):
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
         sni_hostname: str | None = None,
+        max_in_flight: int | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -135,6 +136,7 @@ class LBClient(_PoolClient, httpx.Client):
             transport_options=inner_kwargs,
             service=name,
             sni_hostname=sni_hostname,
+            max_in_flight=max_in_flight,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
         # requests; also the default transport, so other absolute URLs go through the inner one.
@@ -165,6 +167,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         on_event: Callable[[PoolEvent], None] | None = None,
         service: str | None = None,
         sni_hostname: str | None = None,
+        max_in_flight: int | None = None,
         **kwargs: Any,
     ) -> None:
         name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
@@ -183,6 +186,7 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             transport_options=inner_kwargs,
             service=name,
             sni_hostname=sni_hostname,
+            max_in_flight=max_in_flight,
         )
         mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
         super().__init__(transport=balancer, mounts=mounts, **kwargs)

@@ -31,16 +31,18 @@ DEFAULT_SERVICE = "lbclient.invalid"
 
 
 class _LeasedStream(httpx.SyncByteStream):
-    """The response body; closing it ends the request's lease (and closes what that made closable)."""
+    """The response body; closing it ends the request's lease, with the response's status, or as failed
+    when the body broke off (and closes what the lease's end made closable)."""
 
-    __slots__ = ("_stream", "_lease", "_failed", "_connections")
+    __slots__ = ("_stream", "_lease", "_status", "_failed", "_connections")
 
     def __init__(
-        self, stream: httpx.SyncByteStream, lease: Lease, failed: bool, connections: Connections[httpx.BaseTransport]
+        self, stream: httpx.SyncByteStream, lease: Lease, status: int, connections: Connections[httpx.BaseTransport]
     ) -> None:
         self._stream = stream
         self._lease = lease
-        self._failed = failed
+        self._status = status
+        self._failed = False
         self._connections = connections
 
     def __iter__(self) -> Iterator[bytes]:
@@ -54,25 +56,26 @@ class _LeasedStream(httpx.SyncByteStream):
         try:
             self._stream.close()
         finally:
-            self._lease.release(failed=self._failed)
+            self._lease.release(failed=self._failed, status=self._status)
             _close_closable(self._connections)
 
 
 class _AsyncLeasedStream(httpx.AsyncByteStream):
-    """The async response body; closing it ends the request's lease (and closes what that made closable)."""
+    """The async response body; closing it ends the request's lease, as :class:`_LeasedStream`."""
 
-    __slots__ = ("_stream", "_lease", "_failed", "_connections")
+    __slots__ = ("_stream", "_lease", "_status", "_failed", "_connections")
 
     def __init__(
         self,
         stream: httpx.AsyncByteStream,
         lease: Lease,
-        failed: bool,
+        status: int,
         connections: Connections[httpx.AsyncBaseTransport],
     ) -> None:
         self._stream = stream
         self._lease = lease
-        self._failed = failed
+        self._status = status
+        self._failed = False
         self._connections = connections
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -87,7 +90,7 @@ class _AsyncLeasedStream(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
-            self._lease.release(failed=self._failed)
+            self._lease.release(failed=self._failed, status=self._status)
             await _aclose_closable(self._connections)
 
 
@@ -134,6 +137,7 @@ class BalancingOptions(typing.TypedDict, total=False):
     on_event: Callable[[PoolEvent], None] | None
     service: str
     sni_hostname: str | None
+    max_in_flight: int | None
 
 
 class AsyncBalancingOptions(BalancingOptions, total=False):
@@ -153,7 +157,10 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
     default), ``health_check`` (off by default; active checks run on a background thread),
-    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``on_event`` is called
+    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``max_in_flight`` (an
+    int >= 1, or None for no cap) is the most requests in flight to one host, for hosts that set none of
+    their own: a host at its cap is skipped, and when every available host is, a request fails at once
+    with :class:`NoAvailableHostError` saying so. ``on_event`` is called
     with every :class:`PoolEvent` (ejections, returns, health changes, panic, hosts added or removed)
     after it is logged, from the thread where it happened; an exception it raises is logged and dropped.
     ``sni_hostname`` is the TLS server name sent and verified for HTTPS hosts without one of their own
@@ -176,6 +183,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
         sni_hostname: str | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         options = dict(transport_options or {})
         build, registry = self._inner_factory(options)
@@ -197,6 +205,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             on_event=on_event,
             service=service,
             connections=self._connections,
+            max_in_flight=max_in_flight,
         )
         self._closed = False
         self._loops = [chore.thread() for chore in self._balancer.chores]
@@ -272,7 +281,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
                 inner.close()  # a connection this attempt opened as the client closed must not outlive it
             raise
         exchange.responded(
-            lease, response, lambda stream, lease, failed: _LeasedStream(stream, lease, failed, connections)
+            lease, response, lambda stream, lease, status: _LeasedStream(stream, lease, status, connections)
         )
         stale = exchange.keep(response)
         if stale is not None:
@@ -316,6 +325,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         transport_options: Mapping[str, Any] | None = None,
         service: str = DEFAULT_SERVICE,
         sni_hostname: str | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         options = dict(transport_options or {})
         self._connections = Connections(
@@ -336,6 +346,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             service=service,
             connections=self._connections,
             hedge=hedge,
+            max_in_flight=max_in_flight,
         )
         self._closed = False
         self._loops = [chore.task() for chore in self._balancer.chores]
@@ -410,7 +421,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
                     await inner.aclose()  # a connection opened as the client closed must not outlive it
             raise
         exchange.responded(
-            lease, response, lambda stream, lease, failed: _AsyncLeasedStream(stream, lease, failed, connections)
+            lease, response, lambda stream, lease, status: _AsyncLeasedStream(stream, lease, status, connections)
         )
         if keep:
             stale = exchange.keep(response)

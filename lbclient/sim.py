@@ -816,7 +816,7 @@ class _Simulation:
             return  # timed out meanwhile
         attempt.live = False
         status = attempt.status
-        attempt.lease.release(failed=status >= 500)
+        attempt.lease.release(status=status)
         self.leases_open -= 1
         request = attempt.request
         request.previous = request.outcome = status

@@ -14,6 +14,8 @@ bytes 0, 1, ... 255, 0, ... with a Content-Length, written in 64 KiB pieces), ``
 body without keeping it and answers ``{"id": ..., "received": LENGTH}``) and ``/headers?Name=value&...``
 (an empty answer with these response headers).
 
+With ``delay`` set, ``peak_concurrency`` is the most requests that waited out the delay at once.
+
 Faults, for tests that need servers that really fail (every request is counted when it arrives, before
 any fault, so ``count()`` proves what reached the server)::
 
@@ -162,7 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._hang()
             return
         if backend.delay:
-            time.sleep(backend.delay)
+            backend._delayed(+1)
+            try:
+                time.sleep(backend.delay)
+            finally:
+                backend._delayed(-1)
         if backend.drop:
             self._abort()
             return
@@ -334,6 +340,11 @@ class Backend:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._ids: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        self._waiting = 0
+        #: The most requests that were waiting out ``delay`` at the same time (since the start or
+        #: :meth:`reset_counts`): the server's own measure of concurrency. Each request leaves the count
+        #: before its answer is written, so it never exceeds the requests a client still has in flight.
+        self.peak_concurrency = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         if not ipaddress.ip_address(address).is_loopback:
@@ -427,6 +438,11 @@ class Backend:
         with server.connections_lock:
             return len(server.connections)
 
+    def _delayed(self, change: int) -> None:
+        with self._counts_lock:
+            self._waiting += change
+            self.peak_concurrency = max(self.peak_concurrency, self._waiting)
+
     def count(self, method: str | None = None, path: str | None = None) -> int:
         """Requests that arrived, optionally only those with this method and/or path."""
         with self._counts_lock:
@@ -437,10 +453,11 @@ class Backend:
             )
 
     def reset_counts(self) -> None:
-        """Forget the requests counted so far (see :meth:`count`)."""
+        """Forget the requests counted so far (see :meth:`count`) and the peak concurrency."""
         with self._counts_lock:
             self._counts.clear()
             self._ids.clear()
+            self.peak_concurrency = self._waiting
 
     def __enter__(self) -> Backend:
         return self

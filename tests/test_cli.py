@@ -43,7 +43,7 @@ def test_demo_quick_shows_an_ejection_a_recovery_and_a_summary(capsys: pytest.Ca
     strategies = ["round_robin", "least_connections", "power_of_two_choices", "peak_ewma"]
     # Plain progress lines (stdout is not a terminal), the events as they happen.
     assert re.search(r"round_robin \+1\.\d/2\.5 s: \d+ requests", out)
-    assert re.search(r"\+\d+\.\d\d s  e ejected: 5 consecutive failures", out)
+    assert re.search(r"\+\d+\.\d\d s  e ejected: 5 consecutive gateway failures", out)
     assert re.search(r"\+\d+\.\d\d s  e returned: health check passed", out)
     # The summary: one row per strategy with requests for each host, then what the run showed.
     summary = out[out.index("Summary") :]
@@ -65,7 +65,7 @@ def test_demo_live_view_with_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "in flight" in out  # the live table
     assert "EWMA ms" in out
     assert "strategy 1/1" in out  # the progress line under its bar
-    assert re.search(r"e ejected: 5 consecutive failures", out)
+    assert re.search(r"e ejected: 5 consecutive gateway failures", out)
     assert "Summary" in out
     assert "(1 of 1 runs)" in out
 
@@ -104,7 +104,7 @@ def test_get_with_a_dead_host_reports_its_ejection(capsys: pytest.CaptureFixture
     assert counts["c"] == 0
     dead = next(line for line in out.splitlines() if line.startswith(backends[2].url))
     assert dead.split()[-2:] == ["1", "ejected"]  # ejections, state
-    assert f"{backends[2].url} ejected: 5 consecutive failures" in out
+    assert f"{backends[2].url} ejected: 5 consecutive gateway failures" in out
     assert backends[0].count(path="/api") + backends[1].count(path="/api") == 60
 
 

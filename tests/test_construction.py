@@ -26,12 +26,33 @@ BUILDERS = [LBClient, AsyncLBClient, LoadBalancingTransport, AsyncLoadBalancingT
         (["a:1"], {"strategy": "fastest"}, "fastest"),
         (["a:1"], {"panic_threshold": -0.5}, "-0.5"),
         (["a:1"], {"panic_threshold": 2}, "2"),
+        (["a:1"], {"max_in_flight": 0}, "max_in_flight must be an int >= 1 or None, got 0"),
+        (["a:1"], {"max_in_flight": True}, "max_in_flight must be an int >= 1 or None, got True"),
+        (["a:1"], {"max_in_flight": 2.5}, "got 2.5"),
+        ([{"url": "a:1", "weight": 10**400}], {}, "weight of host 'http://a:1'"),
+        (["127.1:80", "127.0.0.1"], {}, "http://127.0.0.1"),
+        (["bücher.example", "xn--bcher-kva.example"], {}, "http://xn--bcher-kva.example"),
         ("a:1", {}, "a:1"),
     ],
 )
 def test_bad_input_is_refused_with_the_value_named(build: Any, hosts: Any, kwargs: Any, named: str) -> None:
     with pytest.raises(ValueError, match=re.escape(named)):
         build(hosts, **kwargs)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_normalised_host_urls_are_accepted_by_httpx(build: Any) -> None:
+    client = build(["127.1:8001", "[0:0::1]:8002", "https://bücher.example"], max_in_flight=4)
+    assert [h.url for h in client.pool.hosts] == [
+        "http://127.0.0.1:8001",
+        "http://[::1]:8002",
+        "https://xn--bcher-kva.example",
+    ]
+    assert [h.max_in_flight for h in client.pool.hosts] == [4, 4, 4]
+    raw_hosts = [httpx.URL(host.url).raw_host for host in client.pool.hosts]
+    assert raw_hosts == [b"127.0.0.1", b"::1", b"xn--bcher-kva.example"]
+    if isinstance(client, (LBClient, LoadBalancingTransport)):
+        client.close()
 
 
 def test_unknown_strategy_lists_the_valid_names() -> None:

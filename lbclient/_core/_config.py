@@ -14,6 +14,7 @@ from typing import TypeVar
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
+    "GATEWAY_STATUSES",
     "IDEMPOTENT_METHODS",
     "HealthCheck",
     "Hedge",
@@ -23,8 +24,11 @@ __all__ = [
 
 #: Methods that may be sent twice without changing the outcome (RFC 9110, section 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: The gateway errors, which say the request was not served (a proxy could not reach, or hear back
+#: from, the application): retried by default, and counted by consecutive-failure ejection.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 #: Statuses retried by default: the gateway errors, which say nothing was done.
-DEFAULT_RETRY_STATUSES = frozenset({502, 503, 504})
+DEFAULT_RETRY_STATUSES = GATEWAY_STATUSES
 
 
 def _number(owner: str, name: str, value: object, *, minimum: float = 0.0, allow_none: bool = False) -> None:
@@ -126,18 +130,44 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class OutlierDetection:
-    """Passive health: eject a host after ``consecutive_failures`` failures in a row (connect errors,
-    resets, timeouts, 5xx) for ``base_ejection_time`` x the number of its ejections, at most
-    ``max_ejection_time``, plus up to ``jitter`` of that (a share). At most ``max_ejection_percent`` of
-    the pool is ejected at once, but one host of a pool of two or more always can be (gRFC A50, Envoy).
-    A host's ejection count is forgotten once it stays un-ejected for ``max_ejection_time``.
+    """Passive health, as Envoy's outlier detection (gRFC A50 for gRPC): two detectors eject a host for
+    ``base_ejection_time`` x the number of its ejections, at most ``max_ejection_time``, plus up to
+    ``jitter`` of that (a share). A host's ejection count is forgotten once it stays un-ejected for
+    ``max_ejection_time``.
+
+    - Consecutive gateway failures: ``consecutive_failures`` in a row of connect errors, resets,
+      timeouts and other transport errors, and 502, 503 and 504 answers (Envoy's
+      ``consecutive_gateway_failure``). Other 5xx answers (500, 501, 505, ...) are the application's
+      answer to that request, which every host may give alike: they do not count here, and an answer
+      that is not a gateway failure ends the run.
+    - Success rate (Envoy's ``success_rate_*``): every ``success_rate_interval`` seconds, among the hosts
+      with at least ``success_rate_request_volume`` requests in that interval, if there are at least
+      ``success_rate_minimum_hosts`` of them, a host whose share of answers below 500 (transport errors
+      are failures too) is under ``mean - success_rate_stdev_factor * stdev`` of those hosts is ejected.
+      A host is an outlier only against the others: a 500 that every host gives ejects nobody. With the
+      population standard deviation, one host of n can lie at most sqrt(n - 1) deviations below the
+      mean, so with the factor 1.9 fewer than 5 hosts could never eject one (sqrt(3) = 1.73): 5 stays
+      the default minimum; for smaller pools lower the factor too (3 hosts: below 1.41).
+      ``success_rate_interval=None`` turns this detector off.
+    - ``consecutive_5xx``: the former rule, off by default (None): that many failures in a row of any
+      kind, every 5xx included, eject (Envoy's ``consecutive_5xx``). Only for pools where a 5xx is a
+      fault of the host, never of the request: with it, a caller who sends requests that fail everywhere
+      can eject healthy hosts.
+
+    At most ``max_ejection_percent`` of the pool is ejected at once (Envoy's 10%), but one host of a pool
+    of two or more always can be (gRFC A50, Envoy).
     """
 
     consecutive_failures: int = 5
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
-    max_ejection_percent: float = 50.0
+    max_ejection_percent: float = 10.0
     jitter: float = 0.1
+    success_rate_interval: float | None = 10.0
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: float = 1.9
+    consecutive_5xx: int | None = None
 
     def __post_init__(self) -> None:
         owner = "OutlierDetection"
@@ -155,6 +185,12 @@ class OutlierDetection:
                 f"base_ejection_time {self.base_ejection_time!r}"
             )
         _number(owner, "jitter", self.jitter)
+        _number(owner, "success_rate_interval", self.success_rate_interval, minimum=1e-9, allow_none=True)
+        _integer(owner, "success_rate_minimum_hosts", self.success_rate_minimum_hosts, minimum=2)
+        _integer(owner, "success_rate_request_volume", self.success_rate_request_volume, minimum=1)
+        _number(owner, "success_rate_stdev_factor", self.success_rate_stdev_factor)
+        if self.consecutive_5xx is not None:
+            _integer(owner, "consecutive_5xx", self.consecutive_5xx, minimum=1)
 
     @classmethod
     def coerce(cls, value: OutlierDetection | bool | None) -> OutlierDetection | None:

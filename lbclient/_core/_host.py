@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["PEAK_RELAX", "Host", "HostLike", "HostState", "check_sni_hostname", "parse_hosts"]
+__all__ = ["PEAK_RELAX", "Host", "HostLike", "HostState", "check_max_in_flight", "check_sni_hostname", "parse_hosts"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9_.-]*[a-z0-9])?")
+_HEX_LABEL = re.compile(r"0[xX][0-9a-fA-F]*")
 #: Time constant (seconds) with which a host's peak latency relaxes back toward its EWMA.
 PEAK_RELAX = 0.3
 
@@ -40,8 +41,7 @@ def _normalize_url(raw: object) -> str:
         raise ValueError(f"host URL {raw!r} carries credentials; pass auth= to the client instead")
     if parts.query or parts.fragment:
         raise ValueError(f"host URL {raw!r} must not have a query or fragment")
-    hostname = parts.hostname.lower()
-    _check_hostname(hostname, raw)
+    hostname = _canonical_host(parts.hostname.lower(), raw)
     netloc = f"[{hostname}]" if ":" in hostname else hostname
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
@@ -51,46 +51,104 @@ def _normalize_url(raw: object) -> str:
 def _validate_weight(weight: object, url: str) -> float:
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ValueError(f"weight of host {url!r} must be a number, got {weight!r}")
-    if not math.isfinite(float(weight)) or weight < 0:
+    try:
+        value = float(weight)
+    except OverflowError:
+        value = math.inf  # an int beyond float range (10**400): as unusable as an infinite weight
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"weight of host {url!r} must be a finite number >= 0, got {weight!r}")
-    return float(weight)
+    return value
 
 
-def _check_hostname(hostname: str, raw: object) -> None:
+def _canonical_host(hostname: str, raw: object) -> str:
+    """One spelling per host, so that two spellings of one host are caught as duplicates and a host that
+    returns matches its earlier self: IPv6 compressed (``0:0::1`` is ``::1``), IPv4 as WHATWG and httpx's
+    resolver read it (a name whose last label is a number is an address: ``127.1`` is ``127.0.0.1``),
+    and a name in its IDNA ASCII form (``bücher.example`` is ``xn--bcher-kva.example``)."""
     if ":" in hostname:
         try:
-            ipaddress.IPv6Address(hostname)
+            return ipaddress.IPv6Address(hostname).compressed
         except ValueError:
             raise ValueError(f"host URL {raw!r} has an invalid IPv6 address {hostname!r}") from None
-        return
+    if _ends_in_number(hostname):
+        return str(_whatwg_ipv4(hostname, raw))
+    return _ascii_hostname(hostname, f"host URL {raw!r} has an invalid host name {hostname!r}")
+
+
+def _ascii_hostname(hostname: str, error: str) -> str:
     try:
         ascii_name = hostname.encode("idna").decode("ascii")
     except UnicodeError:
-        raise ValueError(f"host URL {raw!r} has an invalid host name {hostname!r}") from None
+        raise ValueError(error) from None
     if not _HOSTNAME.fullmatch(ascii_name):
-        raise ValueError(f"host URL {raw!r} has an invalid host name {hostname!r}")
+        raise ValueError(error)
+    return ascii_name
+
+
+def _ends_in_number(hostname: str) -> bool:
+    """WHATWG URL's "ends in a number": the last label (a trailing dot aside) is digits or 0x-hex."""
+    last = _labels(hostname)[-1]
+    return (last.isdecimal() and last.isascii()) or bool(_HEX_LABEL.fullmatch(last))
+
+
+def _labels(hostname: str) -> list[str]:
+    """The dot-separated labels, a trailing dot (an absolute name) aside."""
+    labels = hostname.split(".")
+    if labels[-1] == "" and len(labels) > 1:
+        labels.pop()
+    return labels
+
+
+def _whatwg_ipv4(hostname: str, raw: object) -> ipaddress.IPv4Address:
+    """WHATWG URL's IPv4 parser: up to four parts, each decimal, octal (leading 0) or hex (0x); the last
+    part fills the bytes that the others leave (``127.1``, ``0x7f.0.0.1`` and ``2130706433`` are one host)."""
+    error = f"host URL {raw!r} has a host {hostname!r} that ends in a number but is not an IPv4 address"
+    parts = _labels(hostname)
+    if len(parts) > 4:
+        raise ValueError(error)
+    numbers_: list[int] = []
+    for part in parts:
+        base, digits = 10, part
+        if part[:2] in ("0x", "0X"):
+            base, digits = 16, part[2:]
+        elif len(part) > 1 and part.startswith("0"):
+            base, digits = 8, part[1:]
+        if digits == "":
+            value = 0 if base == 16 else -1
+        else:
+            try:
+                value = int(digits, base) if digits.isascii() and digits.isalnum() else -1
+            except ValueError:
+                value = -1
+        if value < 0:
+            raise ValueError(error)
+        numbers_.append(value)
+    *head, last = numbers_
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers_)):
+        raise ValueError(error)
+    address = last + sum(n << (8 * (3 - i)) for i, n in enumerate(head))
+    return ipaddress.IPv4Address(address)
+
+
+def check_max_in_flight(value: object, name: str = "max_in_flight") -> int | None:
+    """``max_in_flight`` as given: None (no cap) or an int >= 1; ``name`` says whose it is."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+    return value
 
 
 def check_sni_hostname(value: object, owner: str) -> str | None:
-    """A TLS server name (``sni_hostname=``): None, or a DNS host name, not an address (RFC 6066 3),
-    returned in lower-case ASCII (IDNA)."""
+    """A TLS server name (``sni_hostname=``) as given: None, or a DNS host name, not an address (RFC 6066
+    3), in lower-case IDNA ASCII; ``owner`` says whose it is in the error."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip(".") or value != value.strip():
-        raise ValueError(f"{owner} sni_hostname must be a DNS host name or None, got {value!r}")
-    try:
-        ipaddress.ip_address(value.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise ValueError(f"{owner} sni_hostname must be a DNS name, not an IP address: got {value!r}")
-    try:
-        name = value.rstrip(".").lower().encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{owner} sni_hostname {value!r} is not a valid host name") from None
-    if not _HOSTNAME.fullmatch(name):
-        raise ValueError(f"{owner} sni_hostname {value!r} is not a valid host name")
-    return name
+    error = f"sni_hostname of {owner} must be a DNS host name (not an IP address), got {value!r}"
+    if not isinstance(value, str) or not value or ":" in value:
+        raise ValueError(error)
+    name = value.lower()
+    if _ends_in_number(name):
+        raise ValueError(error)
+    return _ascii_hostname(name, error)
 
 
 @dataclass(frozen=True)
@@ -101,12 +159,26 @@ class Host:
     times the share of a weight-1 host and ``/v1`` is joined in front of every request path. Weight 0
     drains the host: it keeps its in-flight requests but receives no new ones. ``metadata`` is free for
     the user (zone, version, ...) and ignored by the balancer.
+
+    The URL is kept in one spelling per host (lower case, default port dropped, IPv6 compressed, IPv4 as
+    WHATWG reads it so ``127.1`` is ``127.0.0.1``, names in IDNA ASCII form), so two spellings of one
+    host are caught as duplicates and a host that returns keeps its state.
+
+    Keyword-only:
+
+    - ``max_in_flight``: the most requests in flight to this host (an int >= 1), or None for the pool's
+      default. A host at its cap is skipped by every strategy until one of its requests ends (Envoy's
+      circuit breaker ``max_requests``, nginx's ``max_conns``).
+    - ``sni_hostname``: the TLS server name sent (SNI) and verified for an HTTPS host, while the connection
+      goes to the URL's own address; a DNS name (not an IP address), kept in lower-case IDNA ASCII form.
+      None: the client's, else the URL's host.
     """
 
     url: str
     weight: float = 1.0
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    sni_hostname: str | None = None
+    max_in_flight: int | None = field(default=None, kw_only=True)
+    sni_hostname: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         url = _normalize_url(self.url)
@@ -114,7 +186,8 @@ class Host:
         object.__setattr__(self, "weight", _validate_weight(self.weight, url))
         if not isinstance(self.metadata, Mapping):
             raise ValueError(f"metadata of host {url!r} must be a mapping, got {self.metadata!r}")
-        object.__setattr__(self, "sni_hostname", check_sni_hostname(self.sni_hostname, f"host {url!r}:"))
+        check_max_in_flight(self.max_in_flight, f"max_in_flight of host {url!r}")
+        object.__setattr__(self, "sni_hostname", check_sni_hostname(self.sni_hostname, f"host {url!r}"))
 
     @property
     def prefix(self) -> str:
@@ -124,7 +197,7 @@ class Host:
 
 HostLike = str | Host | Mapping[str, Any]
 
-_MAPPING_KEYS = frozenset({"url", "weight", "metadata", "sni_hostname"})
+_MAPPING_KEYS = frozenset({"url", "weight", "metadata", "max_in_flight", "sni_hostname"})
 
 
 def _to_host(item: object) -> Host:
@@ -138,7 +211,13 @@ def _to_host(item: object) -> Host:
             raise ValueError(f"host {dict(item)!r} has unknown keys {sorted(unknown)!r}")
         if "url" not in item:
             raise ValueError(f"host {dict(item)!r} has no 'url'")
-        return Host(item["url"], item.get("weight", 1.0), item.get("metadata", {}), item.get("sni_hostname"))
+        return Host(
+            item["url"],
+            item.get("weight", 1.0),
+            item.get("metadata", {}),
+            max_in_flight=item.get("max_in_flight"),
+            sni_hostname=item.get("sni_hostname"),
+        )
     raise ValueError(f"host must be a URL string, a Host or a mapping, got {item!r}")
 
 
@@ -169,6 +248,10 @@ class HostState:
     ``effective_weight`` is ``weight`` scaled down while the host ramps up after joining or returning
     (slow start); weighted strategies use it. ``ejected_until`` is the monotonic time at which an
     ejected host returns; ``ejections`` counts its recent ejections (the back-off multiplier).
+    ``max_in_flight`` is the host's cap on requests in flight (its own, else the pool's; None: no cap)
+    and ``overloaded`` is True while ``outstanding`` is at that cap: no strategy picks it then.
+    ``consecutive_failures`` counts gateway failures in a row (transport errors, 502, 503, 504) and
+    ``consecutive_errors`` failures of any kind in a row (every 5xx too).
     """
 
     __slots__ = (
@@ -188,6 +271,9 @@ class HostState:
         "last_sample_at",
         "latency_samples",
         "consecutive_failures",
+        "consecutive_errors",
+        "window_requests",
+        "window_failures",
         "ejections",
         "times_ejected",
         "ejected_until",
@@ -195,6 +281,9 @@ class HostState:
         "checks_passed",
         "checks_failed",
         "ramp_started_at",
+        "max_in_flight",
+        "overloaded",
+        "candidate",
         "selectable",
         "left",
     )
@@ -220,6 +309,10 @@ class HostState:
         #: Latency samples folded in so far.
         self.latency_samples = 0
         self.consecutive_failures = 0
+        self.consecutive_errors = 0
+        #: Requests ended, and how many of them failed, in the current success-rate interval.
+        self.window_requests = 0
+        self.window_failures = 0
         self.ejections = 0
         #: Ejections since the host joined (``ejections`` is forgiven after a healthy stretch).
         self.times_ejected = 0
@@ -228,7 +321,12 @@ class HostState:
         self.checks_passed = 0
         self.checks_failed = 0
         self.ramp_started_at: float | None = None
-        #: True while the current picker may choose this host (maintained by the pool).
+        self.max_in_flight = host.max_in_flight
+        self.overloaded = False
+        #: True while the host is one of the pool's candidates (available, or any member in panic).
+        self.candidate = False
+        #: True while the current picker may choose this host: a candidate, and not overloaded
+        #: (maintained by the pool).
         self.selectable = False
         #: True once the host left the pool: this state then only finishes its requests in flight (a host
         #: that comes back gets a new state).
@@ -283,6 +381,8 @@ class HostState:
             flags.append("ejected")
         if self.weight == 0:
             flags.append("drained")
+        if self.overloaded:
+            flags.append("overloaded")
         latency = "-" if self.ewma_latency is None else f"{self.ewma_latency * 1000:.1f}ms"
         return (
             f"<HostState {self.url} weight={self.weight:g} outstanding={self.outstanding} "

@@ -24,14 +24,16 @@ from typing import Any, Literal
 
 from cachetools import TLRUCache
 
-from ._config import HealthCheck, OutlierDetection
-from ._host import Host, HostLike, HostState, parse_hosts
+from ._config import GATEWAY_STATUSES, HealthCheck, OutlierDetection
+from ._host import Host, HostLike, HostState, check_max_in_flight, parse_hosts
 from ._latency import LatencyWindow
+from ._outliers import success_rate_outliers
 from ._strategies import PoolView, Strategy, make_strategy
 
 __all__ = [
     "DEFAULT_EWMA_DECAY",
     "DEFAULT_PANIC_THRESHOLD",
+    "OVERLOAD_QUIET",
     "EventKind",
     "HostStats",
     "Lease",
@@ -50,14 +52,35 @@ FAILURE_LATENCY_PENALTY = 0.25
 #: A host in slow start begins at this share of its weight (Envoy's min_weight_percent, 10%).
 _SLOW_START_FLOOR = 0.1
 _SLOW_START_STEPS = 10
+#: A refusal because every host is at its max_in_flight reports an "overloaded" event only when none came
+#: in this many seconds before: one event per episode of overload, however many requests it refuses.
+OVERLOAD_QUIET = 1.0
+#: How often a pick that proposed a host at its cap is asked again before any other host is taken.
+_REPICKS = 3
 
-EventKind = Literal["ejected", "returned", "unhealthy", "healthy", "panic", "panic_over", "added", "removed"]
+EventKind = Literal[
+    "ejected", "returned", "unhealthy", "healthy", "panic", "panic_over", "added", "removed", "overloaded"
+]
+#: How a request ended, for health: answered (below 500), an error answer (a 5xx other than 502-504),
+#: or a gateway failure (a transport error, 502, 503 or 504).
+_Outcome = Literal["success", "error", "gateway"]
+
+
+def _outcome(failed: bool, status: int | None) -> _Outcome:
+    if failed or status in GATEWAY_STATUSES:
+        return "gateway"
+    return "error" if status is not None and status >= 500 else "success"
 
 
 @dataclass(frozen=True)
 class PoolEvent:
     """Something that changed in the pool: ``kind``, the host's URL (None for pool-wide events) and a
-    ``reason`` a person can read."""
+    ``reason`` a person can read.
+
+    ``overloaded`` (pool-wide) starts an episode of refusals because every available host was at its
+    ``max_in_flight``: it is reported for the first refusal after ``OVERLOAD_QUIET`` seconds without any,
+    so a pool that stays full reports once, not once per request; :attr:`PoolStats.rejected` counts
+    every refusal."""
 
     kind: EventKind
     host: str | None
@@ -76,6 +99,8 @@ class HostStats:
     ejected: bool
     #: Takes new requests outside panic: weight > 0, healthy and not ejected.
     available: bool
+    #: At its max_in_flight: skipped by every strategy until a request ends.
+    overloaded: bool
     outstanding: int
     requests: int
     failures: int
@@ -87,11 +112,13 @@ class HostStats:
 @dataclass(frozen=True)
 class PoolStats:
     """A consistent snapshot of a pool: every host's :class:`HostStats`, whether the pool is in panic,
-    and how many hosts take new requests outside panic."""
+    how many hosts take new requests outside panic, and ``rejected``: the requests refused so far because
+    every available host was at its ``max_in_flight`` (a counter that only grows)."""
 
     hosts: tuple[HostStats, ...]
     panic: bool
     available: int
+    rejected: int
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dicts and lists, ready for ``json.dumps``."""
@@ -135,21 +162,26 @@ class Lease:
             self._settled = True
             self._pool._settle(self)
 
-    def release(self, *, failed: bool) -> None:
-        """End the request: in-flight count down; a failure counts toward ejection, a success records
-        its latency. Idempotent, so every exit path of a request can call it safely."""
-        self._end(failed)
+    def release(self, *, failed: bool = False, status: int | None = None) -> None:
+        """End the request: in-flight count down, and its outcome recorded. ``failed``: it broke without
+        a whole answer (connect error, reset, timeout); ``status``: the status it was answered with.
+
+        A gateway failure (``failed``, or 502, 503, 504) counts toward consecutive-failure ejection; any
+        other 5xx only against the host's success rate (and ``consecutive_5xx`` when set), because every
+        host may give it for that request; anything else is a success and records its latency.
+        Idempotent, so every exit path of a request can call it safely."""
+        self._end(_outcome(failed, status))
 
     def abandon(self) -> None:
         """End a request that says nothing about the host (cancelled, or failed on our side): only the
         in-flight count goes down."""
         self._end(None)
 
-    def _end(self, failed: bool | None) -> None:
+    def _end(self, outcome: _Outcome | None) -> None:
         if not self._released:
             self._released = True
             try:
-                self._pool._release(self, None if self._settled else failed, timed=not self._settled)
+                self._pool._release(self, None if self._settled else outcome, timed=not self._settled)
             finally:
                 if self.then is not None:
                     self.then()
@@ -175,6 +207,11 @@ class Pool:
         host_check: called with every host given to the constructor or ``update``; raises
             ``ValueError`` for a host that the caller cannot use.
         latency_window: keep this many recent latencies for :meth:`latency_percentile` (0: none).
+        max_in_flight: the most requests in flight per host (an int >= 1) for hosts that set none of
+            their own; None: no cap. A host at its cap is skipped by every strategy (hash strategies
+            rehash, panic and retries skip it too); when every candidate is at its cap, :meth:`acquire`
+            refuses at once (None) and :attr:`rejected` counts it. Without caps this costs one attribute
+            test per pick.
     """
 
     def __init__(
@@ -193,7 +230,9 @@ class Pool:
         listener: Callable[[PoolEvent], None] | None = None,
         host_check: Callable[[Host], None] | None = None,
         latency_window: int = 0,
+        max_in_flight: int | None = None,
     ) -> None:
+        self._max_in_flight = check_max_in_flight(max_in_flight)
         self._panic_threshold = _check_share("panic_threshold", panic_threshold)
         self._slow_start = _check_non_negative("slow_start", slow_start)
         self._decay = _check_non_negative("ewma_decay", ewma_decay, positive=True)
@@ -202,6 +241,8 @@ class Pool:
         self._host_check = host_check
         self._recent = LatencyWindow(latency_window) if latency_window > 0 else None
         self._states = [HostState(host) for host in self._parse(hosts)]
+        for state in self._states:
+            self._set_cap(state)
         self._strategy = make_strategy(strategy)
         self._strategy.attach(rng)
         self._tracks_load = self._strategy.tracks_load
@@ -218,6 +259,10 @@ class Pool:
         self._ramping: list[HostState] = []
         self._next_ramp_step = math.inf
         self._panic = False
+        self._rejected = 0
+        self._last_refusal = -math.inf
+        interval = outlier_detection.success_rate_interval if outlier_detection is not None else None
+        self._next_sweep = math.inf if interval is None else clock() + interval
         self._candidates: tuple[HostState, ...] = ()
         self._signature: tuple[object, ...] = ()
         self._generation = 0
@@ -253,6 +298,7 @@ class Pool:
                     h.healthy,
                     h.ejected,
                     h.available,
+                    h.overloaded,
                     h.outstanding,
                     h.requests,
                     h.failures,
@@ -263,7 +309,8 @@ class Pool:
                 for h in hosts
             )
             panic = self._panic
-        return PoolStats(snapshot, panic, sum(1 for h in snapshot if h.available))
+            rejected = self._rejected
+        return PoolStats(snapshot, panic, sum(1 for h in snapshot if h.available), rejected)
 
     def latency_percentile(self, share: float) -> float | None:
         """The ``share`` quantile of the pool's recent successful latencies (needs ``latency_window``);
@@ -287,8 +334,19 @@ class Pool:
 
     @property
     def generation(self) -> int:
-        """How many times :meth:`update` changed the host set: cheap to compare, to notice a change."""
+        """How many times :meth:`update` ran: cheap to compare, to notice a change of the host set."""
         return self._generation
+
+    @property
+    def saturated(self) -> bool:
+        """True while every candidate host is at its max_in_flight, so that :meth:`acquire` refuses."""
+        with self._lock:
+            return self._saturated()
+
+    @property
+    def rejected(self) -> int:
+        """Requests refused so far because every candidate host was at its max_in_flight."""
+        return self._rejected
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -306,6 +364,7 @@ class Pool:
             now = self._clock()
             current = {state.url: state for state in self._states}
             states = []
+            reloaded: list[HostState] = []
             for host in parsed:
                 state = current.pop(host.url, None)
                 if state is None:
@@ -316,15 +375,19 @@ class Pool:
                     state.host = host
                     state.weight = host.weight
                     state.effective_weight = host.weight * self._ramp_share(state, now)
+                if self._set_cap(state) and self._tracks_load:
+                    reloaded.append(state)
                 states.append(state)
             for gone in current.values():
-                gone.selectable = False
+                gone.candidate = gone.selectable = False
                 gone.left = True
                 self._ejected.pop(gone.url, None)
                 self._pending.append(PoolEvent("removed", gone.url, "pool update"))
             self._states = states
             self._generation += 1
             self._rebuild()
+            for state in reloaded:  # a new cap put it at, or took it off, its limit
+                self._strategy.on_load_change(state)
             events = self._take_events()
         self._emit(events)
 
@@ -386,18 +449,21 @@ class Pool:
     # -- requests --------------------------------------------------------------------------------------
 
     def acquire(self, key: str | None = None, exclude: Collection[HostState] = ()) -> Lease | None:
-        """Pick a host and count the request against it; ``None`` when no host can take it.
+        """Pick a host and count the request against it; ``None`` when no host can take it (none is a
+        candidate, or every candidate is at its max_in_flight: then the refusal is counted).
 
         ``exclude`` holds hosts this request already tried: when the strategy proposes one of them, a
-        random candidate not yet tried is taken instead, while one is left.
+        random candidate not yet tried is taken instead, while one is left. A strategy that proposes a
+        host that is no candidate of the pool is a bug: ``RuntimeError`` names it and the host.
         """
         events: list[PoolEvent] = []
         with self._lock:
             now = self._clock()
             if now >= self._next_return or now >= self._next_ramp_step:
                 self._timed_changes(now)
-                events = self._take_events()
             host = self._strategy.pick(key, now)
+            if host is not None and not host.selectable:
+                host = self._repick(host, key, now)
             if host is not None and exclude and host in exclude:
                 host = self._untried(exclude) or host
             if host is not None:
@@ -405,63 +471,153 @@ class Pool:
                 host.inflight_started += now
                 host.inflight_timed += 1
                 host.requests += 1
+                cap = host.max_in_flight
+                if cap is not None and host.outstanding >= cap:
+                    host.overloaded = True
+                    host.selectable = False
                 if self._tracks_load:
                     self._strategy.on_load_change(host)
+            elif self._saturated():
+                self._refused(now)
+            if self._pending:
+                events = self._take_events()
         if events:
             self._emit(events)
         return None if host is None else Lease(self, host, now)
+
+    def _repick(self, host: HostState, key: str | None, now: float) -> HostState | None:
+        """The strategy proposed a host it may not pick now: one at its cap (ask the strategy again, then
+        take any candidate with room), or one that is no candidate at all (a bug: raise)."""
+        for attempt in range(_REPICKS + 1):
+            if not host.candidate:
+                where = "is not in the pool" if host not in self._states else "is ejected, unhealthy or drained"
+                raise RuntimeError(
+                    f"strategy {self._strategy!r} picked host {host.url!r}, which {where}; a strategy must "
+                    "pick among the candidates of its PoolView"
+                )
+            if attempt == _REPICKS:
+                break
+            picked = self._strategy.pick(key, now)
+            if picked is None or picked.selectable:
+                return picked
+            host = picked
+        candidates = self._candidates
+        start = int(self._rng.random() * len(candidates))
+        for step in range(len(candidates)):
+            candidate = candidates[(start + step) % len(candidates)]
+            if candidate.selectable:
+                return candidate
+        return None
+
+    def _saturated(self) -> bool:
+        candidates = self._candidates
+        return bool(candidates) and all(h.overloaded for h in candidates)
+
+    def _refused(self, now: float) -> None:
+        self._rejected += 1
+        if now - self._last_refusal >= OVERLOAD_QUIET:
+            self._pending.append(
+                PoolEvent(
+                    "overloaded",
+                    None,
+                    f"every one of {len(self._candidates)} available hosts is at its max_in_flight; "
+                    "requests are refused until one has room",
+                )
+            )
+        self._last_refusal = now
 
     def _untried(self, exclude: Collection[HostState]) -> HostState | None:
         candidates = self._candidates
         for _ in range(8):
             host = candidates[int(self._rng.random() * len(candidates))]
-            if host not in exclude:
+            if host.selectable and host not in exclude:
                 return host
-        return next((h for h in candidates if h not in exclude), None)
+        return next((h for h in candidates if h.selectable and h not in exclude), None)
 
-    def _release(self, lease: Lease, failed: bool | None, *, timed: bool = True) -> None:
+    def _release(self, lease: Lease, outcome: _Outcome | None, *, timed: bool = True) -> None:
         host = lease.host
         events: list[PoolEvent] = []
         with self._lock:
             host.outstanding -= 1
+            if host.overloaded and (host.max_in_flight is None or host.outstanding < host.max_in_flight):
+                host.overloaded = False
+                host.selectable = host.candidate
             if timed:
                 self._untime(lease)
-            if failed:
-                host.failures += 1
-                host.consecutive_failures += 1
-                now = self._clock()
-                penalty = max(now - lease.started_at, 2 * (host.ewma_latency or 0.0), FAILURE_LATENCY_PENALTY)
-                host.record_latency(penalty, now, self._decay)
-                config = self._outliers
-                if config and host.consecutive_failures >= config.consecutive_failures and not host.ejected:
-                    self._eject(host, config, f"{host.consecutive_failures} consecutive failures")
-                    events = self._take_events()
-            elif failed is not None:
-                self._succeeded(lease)
+            if outcome is not None:
+                self._record(lease, outcome)
             if self._tracks_load:
                 self._strategy.on_load_change(host)
+            if self._pending:
+                events = self._take_events()
         if events:
             self._emit(events)
 
     def _settle(self, lease: Lease) -> None:
+        events: list[PoolEvent] = []
         with self._lock:
             self._untime(lease)
-            self._succeeded(lease)
+            self._record(lease, "success")
             if self._tracks_load:
                 self._strategy.on_load_change(lease.host)
+            if self._pending:
+                events = self._take_events()
+        if events:
+            self._emit(events)
+
+    def _record(self, lease: Lease, outcome: _Outcome) -> None:
+        """Fold one request's outcome into its host's health and latency (Envoy's rules: a gateway
+        failure continues a run of them, any other answer ends it; every 5xx and transport error counts
+        against the success rate)."""
+        host = lease.host
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)  # the interval that ended is judged before this outcome opens the next
+        host.window_requests += 1
+        if outcome == "success":
+            host.consecutive_failures = host.consecutive_errors = 0
+            host.record_latency(now - lease.started_at, now, self._decay)
+            if self._recent is not None:
+                self._recent.record(now - lease.started_at)
+            return
+        host.failures += 1
+        host.window_failures += 1
+        host.consecutive_errors += 1
+        host.consecutive_failures = host.consecutive_failures + 1 if outcome == "gateway" else 0
+        penalty = max(now - lease.started_at, 2 * (host.ewma_latency or 0.0), FAILURE_LATENCY_PENALTY)
+        host.record_latency(penalty, now, self._decay)
+        config = self._outliers
+        if config is None or host.ejected:
+            return
+        if host.consecutive_failures >= config.consecutive_failures:
+            self._eject(host, config, f"{host.consecutive_failures} consecutive gateway failures")
+        elif config.consecutive_5xx is not None and host.consecutive_errors >= config.consecutive_5xx:
+            self._eject(host, config, f"{host.consecutive_errors} consecutive failures (5xx included)")
+
+    def _sweep(self, now: float) -> None:
+        """End a success-rate interval: eject the hosts whose success rate is an outlier against the
+        others' (worst first, within the ejection cap), and start the next interval."""
+        config = self._outliers
+        assert config is not None
+        assert config.success_rate_interval is not None
+        outliers, threshold = success_rate_outliers(
+            ((h, h.window_requests, h.window_requests - h.window_failures) for h in self._states),
+            minimum_hosts=config.success_rate_minimum_hosts,
+            request_volume=config.success_rate_request_volume,
+            stdev_factor=config.success_rate_stdev_factor,
+        )
+        for state in self._states:
+            state.window_requests = state.window_failures = 0
+        interval = config.success_rate_interval
+        self._next_sweep += interval * (math.floor((now - self._next_sweep) / interval) + 1)
+        for host, rate in outliers:
+            if not host.ejected:
+                self._eject(host, config, f"success rate {rate:.1%} is below the pool's threshold {threshold:.1%}")
 
     def _untime(self, lease: Lease) -> None:
         host = lease.host
         host.inflight_timed -= 1
         host.inflight_started = host.inflight_started - lease.started_at if host.inflight_timed else 0.0
-
-    def _succeeded(self, lease: Lease) -> None:
-        host = lease.host
-        host.consecutive_failures = 0
-        now = self._clock()
-        host.record_latency(now - lease.started_at, now, self._decay)
-        if self._recent is not None:
-            self._recent.record(now - lease.started_at)
 
     # -- internals (called under the lock) -------------------------------------------------------------
 
@@ -483,7 +639,7 @@ class Pool:
         duration *= 1.0 + self._rng.uniform(0.0, config.jitter)
         host.ejected = True
         host.ejected_until = now + duration
-        host.consecutive_failures = 0
+        host.consecutive_failures = host.consecutive_errors = 0
         self._ejected[host.url] = host
         self._next_return = min(self._next_return, host.ejected_until)
         self._pending.append(
@@ -551,15 +707,26 @@ class Pool:
             )
         candidates = members if panic else available
         for state in self._states:
-            state.selectable = False
+            state.candidate = state.selectable = False
         for state in candidates:
-            state.selectable = True
+            state.candidate = True
+            state.selectable = not state.overloaded
         self._candidates = candidates
         # Only a real change reaches the strategy, so a no-op refresh keeps its rotation.
         signature = (candidates, members, panic, tuple(s.effective_weight for s in members))
         if signature != self._signature:
             self._signature = signature
             self._strategy.update(PoolView(candidates, members, panic, self._decay))
+
+    def _set_cap(self, state: HostState) -> bool:
+        """The host's own max_in_flight, else the pool's; ``overloaded`` follows a changed cap at once
+        (``selectable`` follows at the next rebuild). True when ``overloaded`` changed."""
+        cap = state.host.max_in_flight
+        state.max_in_flight = cap = self._max_in_flight if cap is None else cap
+        overloaded = cap is not None and state.outstanding >= cap
+        changed = overloaded != state.overloaded
+        state.overloaded = overloaded
+        return changed
 
     def _take_events(self) -> list[PoolEvent]:
         events, self._pending = self._pending, []
@@ -573,5 +740,10 @@ class Pool:
     def __repr__(self) -> str:
         ejected = sum(1 for s in self._states if s.ejected)
         unhealthy = sum(1 for s in self._states if not s.healthy)
-        extra = (f" unhealthy={unhealthy}" if unhealthy else "") + (" panic" if self._panic else "")
+        overloaded = sum(1 for s in self._states if s.overloaded)
+        extra = (
+            (f" unhealthy={unhealthy}" if unhealthy else "")
+            + (f" overloaded={overloaded}" if overloaded else "")
+            + (" panic" if self._panic else "")
+        )
         return f"<Pool hosts={len(self._states)} ejected={ejected}{extra} strategy={self._strategy.name}>"

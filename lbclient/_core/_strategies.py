@@ -6,6 +6,10 @@ The pool hands a strategy a :class:`PoolView` whenever the host set or the healt
 strategy keeps a structure (counter, per-weight classes, heap, cumulative table, ring) that makes a pick
 O(1) or O(log n), so the balancer's cost stays flat from 10 to 10,000 hosts.
 
+A host at its ``max_in_flight`` stays a candidate but is not ``selectable``: a pick passes it over (the
+hash strategies rehash, the least-loaded ones see an infinite load, the two-choices ones take the other
+host); a pick that still proposes it is asked again by the pool, which then takes any candidate with room.
+
 Randomness comes from ``self.rng`` (a ``random.Random``; the pool gives its own to a strategy that has
 none) and time from the ``now`` argument, so a seeded generator and a fake clock replay a run exactly.
 
@@ -20,6 +24,7 @@ the same order on every run.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
@@ -348,8 +353,12 @@ class _LeastLoaded(Strategy):
 
     def _rebuild(self) -> None:
         passes, stamps = self._passes, self._stamps
-        self._heap = [(self.load(h), passes[h], stamps[i], i) for i, h in enumerate(self._view.candidates)]
+        self._heap = [(self._key(h), passes[h], stamps[i], i) for i, h in enumerate(self._view.candidates)]
         heapq.heapify(self._heap)
+
+    def _key(self, host: HostState) -> float:
+        """``load(host)``, or infinite while the host is at its max_in_flight, so it sinks in the heap."""
+        return math.inf if host.overloaded else self.load(host)
 
     def on_load_change(self, host: HostState) -> None:
         index = self._index.get(host)
@@ -357,7 +366,7 @@ class _LeastLoaded(Strategy):
             return
         self._seq += 1
         self._stamps[index] = self._seq
-        heapq.heappush(self._heap, (self.load(host), self._passes[host], self._seq, index))
+        heapq.heappush(self._heap, (self._key(host), self._passes[host], self._seq, index))
         if len(self._heap) > 4 * len(self._stamps) + 64:
             self._rebuild()
 
@@ -457,6 +466,8 @@ class _TwoChoices(Strategy):
         else:
             second = (first + 1) % count
         a, b = candidates[first], candidates[second]
+        if not (a.selectable and b.selectable):  # one is at its max_in_flight: the other, if it has room
+            return a if a.selectable else b
         return b if self.cost(b, now) < self.cost(a, now) else a
 
 

@@ -46,8 +46,14 @@ def test_outlier_detection_defaults_are_the_documented_anchors() -> None:
     assert config.consecutive_failures == 5
     assert config.base_ejection_time == 30.0
     assert config.max_ejection_time == 300.0
-    assert 0 < config.max_ejection_percent <= 100
+    assert config.max_ejection_percent == 10.0  # Envoy's
     assert config.jitter >= 0
+    # Envoy's success-rate detector; the former "any 5xx in a row" rule is off.
+    assert config.success_rate_interval == 10.0
+    assert config.success_rate_minimum_hosts == 5
+    assert config.success_rate_request_volume == 100
+    assert config.success_rate_stdev_factor == 1.9
+    assert config.consecutive_5xx is None
 
 
 def test_health_check_defaults_are_the_documented_anchors() -> None:
@@ -183,6 +189,28 @@ def test_outlier_detection_rejects_bad_max_ejection_percent(value: Any) -> None:
 def test_outlier_detection_rejects_bad_jitter(value: Any) -> None:
     with bad("jitter", value):
         OutlierDetection(jitter=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("success_rate_interval", [0, -1, "10", True, math.nan, math.inf]),
+        ("success_rate_minimum_hosts", [1, 0, -5, 2.5, "5", None, True]),
+        ("success_rate_request_volume", [0, -1, 1.5, "100", None, False]),
+        ("success_rate_stdev_factor", [-0.1, *NOT_NUMBERS]),
+        ("consecutive_5xx", [0, -1, 2.5, "5", True]),
+    ],
+)
+def test_outlier_detection_rejects_bad_success_rate_and_5xx_fields(field: str, values: list[Any]) -> None:
+    for value in values:
+        with bad(field, value):
+            OutlierDetection(**{field: value})
+
+
+def test_outlier_detection_turns_detectors_off_with_none() -> None:
+    config = OutlierDetection(success_rate_interval=None, consecutive_5xx=None)
+    assert (config.success_rate_interval, config.consecutive_5xx) == (None, None)
+    assert OutlierDetection(consecutive_5xx=1).consecutive_5xx == 1
 
 
 def test_outlier_detection_rejects_max_below_base() -> None:

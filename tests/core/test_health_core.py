@@ -106,7 +106,7 @@ def test_consecutive_failures_eject() -> None:
     assert not h["a"].available
     [event] = h.events
     assert (event.kind, event.host) == ("ejected", "http://a")
-    assert "3 consecutive failures" in event.reason
+    assert "3 consecutive gateway failures" in event.reason
     assert set(h.picks(60)) == {"b", "c"}
 
 
@@ -942,3 +942,129 @@ def test_a_failed_release_of_a_removed_host_ejects_nothing() -> None:
     assert not h["a"].ejected
     assert h.events == []
     assert h["a"].outstanding == 0
+
+
+# -- gateway failures, other 5xx, and success-rate ejection (Envoy) -----------------------------------------------
+
+
+def answer(h: Harness, name: str, status: int, times: int = 1) -> None:
+    for _ in range(times):
+        h.lease_on(name).release(status=status)
+
+
+@pytest.mark.parametrize("status", [500, 501, 505, 507, 599])
+def test_other_5xx_never_eject_on_a_run(status: int) -> None:
+    h = Harness(["a", "b", "c"], outlier_detection=outliers(consecutive_failures=3, success_rate_interval=None))
+    answer(h, "a", status, 50)
+    assert not h["a"].ejected
+    assert (h["a"].failures, h["a"].consecutive_failures, h["a"].consecutive_errors) == (50, 0, 50)
+    assert "ejected" not in h.kinds()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_statuses_and_transport_errors_eject_on_a_run(status: int) -> None:
+    h = Harness(["a", "b", "c"], outlier_detection=outliers(consecutive_failures=3))
+    answer(h, "a", status, 2)
+    h.fail("a")
+    assert h["a"].ejected
+    assert "3 consecutive gateway failures" in h.events[-1].reason
+
+
+def test_an_answer_that_is_no_gateway_failure_ends_the_run() -> None:
+    h = Harness(["a", "b", "c"], outlier_detection=outliers(consecutive_failures=3))
+    for ending in (500, 200, 404):
+        answer(h, "a", 503, 2)
+        answer(h, "a", ending)
+        assert h["a"].consecutive_failures == 0
+    answer(h, "a", 503, 2)
+    assert not h["a"].ejected
+    answer(h, "a", 503)
+    assert h["a"].ejected
+
+
+def test_consecutive_5xx_keeps_the_former_rule_available() -> None:
+    h = Harness(["a", "b", "c"], outlier_detection=outliers(consecutive_failures=3, consecutive_5xx=4))
+    answer(h, "a", 500, 2)
+    answer(h, "a", 503)
+    assert not h["a"].ejected
+    h.fail("a")  # four in a row of any kind
+    assert h["a"].ejected
+    assert "4 consecutive failures (5xx included)" in h.events[-1].reason
+    assert (h["a"].consecutive_failures, h["a"].consecutive_errors) == (0, 0)
+
+
+SUCCESS_RATE = {"success_rate_interval": 10.0, "success_rate_minimum_hosts": 5, "success_rate_request_volume": 20}
+
+
+def _traffic(h: Harness, statuses: dict[str, int], rounds: int) -> None:
+    """``rounds`` answers from each host, with its status."""
+    for _ in range(rounds):
+        for name, status in statuses.items():
+            answer(h, name, status)
+
+
+def test_a_host_that_fails_where_the_others_do_not_is_ejected_at_the_end_of_the_interval() -> None:
+    h = Harness(names(5), outlier_detection=outliers(**SUCCESS_RATE))
+    statuses = dict.fromkeys(names(5), 200) | {"h2": 500}
+    _traffic(h, statuses, 25)
+    assert not h["h2"].ejected  # judged when the interval ends
+    h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert h["h2"].ejected
+    assert [s.ejected for s in h.states.values()].count(True) == 1
+    [event] = [e for e in h.events if e.kind == "ejected"]
+    assert "success rate 0.0% is below the pool's threshold" in event.reason
+    # The next interval starts afresh: the answer that ended the last one is its first.
+    assert (h["h0"].window_requests, h["h2"].window_requests) == (1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failure_that_every_host_gives_ejects_nobody(status: int) -> None:
+    h = Harness(names(6), outlier_detection=outliers(consecutive_failures=1000, **SUCCESS_RATE))
+    for _ in range(5):
+        _traffic(h, dict.fromkeys(names(6), status), 30)
+        _traffic(h, dict.fromkeys(names(6), 200), 10)
+        h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert not any(s.ejected for s in h.states.values())
+    assert all(s.times_ejected == 0 for s in h.states.values())
+
+
+def test_success_rate_needs_enough_hosts_with_enough_requests() -> None:
+    h = Harness(names(5), outlier_detection=outliers(**SUCCESS_RATE))
+    statuses = dict.fromkeys(names(5), 200) | {"h2": 500}
+    _traffic(h, statuses, 19)  # one request short of the volume on every host
+    h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert not h["h2"].ejected
+    _traffic(h, {name: status for name, status in statuses.items() if name != "h4"}, 25)  # 4 hosts qualify
+    h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert not h["h2"].ejected
+
+
+def test_success_rate_ejection_is_capped_like_any_other() -> None:
+    h = Harness(names(10), outlier_detection=outliers(max_ejection_percent=10.0, **SUCCESS_RATE))
+    statuses = dict.fromkeys(names(10), 200) | {"h3": 500, "h7": 500}
+    _traffic(h, statuses, 25)
+    h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert [n for n, s in h.states.items() if s.ejected] in (["h3"], ["h7"])
+
+
+def test_the_default_ejection_share_is_ten_percent_but_one_of_two_can_go() -> None:
+    assert OutlierDetection().max_ejection_percent == 10.0
+    defaults = {"base_ejection_time": 10.0, "max_ejection_time": 100.0, "consecutive_failures": 3}
+    for count, most in [(2, 1), (5, 1), (19, 1), (20, 2), (30, 3)]:
+        h = Harness(names(count), outlier_detection=OutlierDetection(**defaults), panic_threshold=0.0)
+        for name in names(count):
+            h.fail(name, 3)
+        assert sum(s.ejected for s in h.states.values()) == most, count
+
+
+def test_success_rate_can_be_turned_off() -> None:
+    h = Harness(names(5), outlier_detection=outliers(**(SUCCESS_RATE | {"success_rate_interval": None})))
+    _traffic(h, dict.fromkeys(names(5), 200) | {"h2": 500}, 25)
+    h.clock.advance(10.0)
+    answer(h, "h0", 200)
+    assert not h["h2"].ejected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -230,3 +231,76 @@ def test_normalisation_is_idempotent_and_canonical(
     else:
         assert url == f"{real_scheme}://{host}:{port}{path}"
     assert Host(raw).prefix == path
+
+
+# --- one spelling per host -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spellings", "url"),
+    [
+        (["127.1:8000", "127.0.0.1:8000", "0x7f.0.0.1:8000", "0177.0.0.1:8000", "2130706433:8000"], "127.0.0.1:8000"),
+        (["10.1.2:80", "10.1.0.2"], "10.1.0.2"),
+        (["[0:0::1]:8000", "[::1]:8000", "[0000:0000:0000:0000:0000:0000:0000:0001]:8000"], "[::1]:8000"),
+        (["[2001:DB8::1]", "[2001:db8:0:0::1]"], "[2001:db8::1]"),
+        (
+            ["bücher.example", "BÜCHER.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"],
+            "xn--bcher-kva.example",
+        ),
+    ],
+)
+def test_spellings_of_one_host_are_one_host(spellings: list[str], url: str) -> None:
+    assert {Host(spelling).url for spelling in spellings} == {f"http://{url}"}
+    for other in spellings[1:]:
+        with pytest.raises(ValueError, match="listed twice"):
+            make_pool([spellings[0], other])
+
+
+def test_a_host_that_returns_in_another_spelling_keeps_its_state() -> None:
+    pool = make_pool(["127.0.0.1:8000", "[::1]:8000", "bücher.example"])
+    states = pool.hosts
+    for state in states:
+        state.requests = 7
+    pool.update(["127.1:8000", "[0:0::1]:8000", "xn--bcher-kva.example"])
+    assert [s is t for s, t in zip(pool.hosts, states, strict=True)] == [True, True, True]
+
+
+@pytest.mark.parametrize("raw", ["1.2.3.4.5", "256.0.0.1", "1.2.65536", "0x1g.1", "08.1.1.1", "a.b.1", "example.0x10"])
+def test_a_name_ending_in_a_number_must_be_an_ipv4_address(raw: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(raw))):
+        Host(raw)
+
+
+def test_a_weight_beyond_float_range_is_a_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"weight of host 'http://a' must be a finite number >= 0, got 1000"):
+        Host("a", weight=10**400)
+    with pytest.raises(ValueError, match="weight"):
+        make_pool([{"url": "a", "weight": -(10**400)}])
+
+
+# --- max_in_flight and sni_hostname -------------------------------------------------------------------------
+
+
+def test_max_in_flight_and_sni_hostname_are_kept() -> None:
+    host = Host("https://10.0.0.1:8443", max_in_flight=8, sni_hostname="API.Bücher.Example")
+    assert (host.max_in_flight, host.sni_hostname) == (8, "api.xn--bcher-kva.example")
+    assert Host("a").max_in_flight is None
+    assert Host("a").sni_hostname is None
+    assert Host("a", max_in_flight=2) != Host("a", max_in_flight=3)
+    [mapped] = make_pool([{"url": "a", "max_in_flight": 2, "sni_hostname": "b.internal"}]).hosts
+    assert (mapped.host.max_in_flight, mapped.host.sni_hostname, mapped.max_in_flight) == (2, "b.internal", 2)
+    with pytest.raises(TypeError):
+        Host("a", 1.0, {}, 4)  # type: ignore[misc]  # keyword only
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True, math.inf])
+def test_max_in_flight_must_be_a_positive_int(value: Any) -> None:
+    message = rf"max_in_flight of host 'http://a' must be an int >= 1 or None, got {value!r}"
+    with pytest.raises(ValueError, match=message):
+        Host("a", max_in_flight=value)
+
+
+@pytest.mark.parametrize("value", ["", "1.2.3.4", "127.1", "::1", "[::1]", "a..b", "a b", "-a.example", 5, b"a"])
+def test_sni_hostname_must_be_a_dns_name(value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"sni_hostname of host 'http://a' .* got {re.escape(repr(value))}"):
+        Host("a", sni_hostname=value)

@@ -360,31 +360,27 @@ def test_any_lb_key_works_with_any_strategy(backends: list[Backend], key: object
 
 
 def test_a_request_that_picked_a_host_as_it_left_gets_pools_that_close_after_it(backends: list[Backend]) -> None:
-    """The race behind churn leaks: a request picks host a, a leaves and its idle pools are retired, then
+    """The race behind churn leaks: a request picks host x, x leaves and its idle pools are retired, then
     the request asks for a transport. It must get a live one, and that one must close when it ends."""
-    a, b, _ = backends
-    with lbclient.LBClient([a.url, b.url]) as client:
-        assert client.get("/x").extensions["lb_host"] == a.url  # a has pools now
+    with lbclient.LBClient([b.url for b in backends[:2]]) as client:
+        x = client.get("/x").extensions["lb_host"]  # x has pools now
+        (y,) = {b.url for b in backends[:2]} - {x}
         connections = client._balancer._connections
-        lease = client.pool.acquire()
+        state_y = next(h for h in client.pool.hosts if h.url == y)
+        lease = client.pool.acquire(exclude=[state_y])
         assert lease is not None
-        assert lease.host.url == b.url
-        client.pool.update([a.url])  # b leaves with this lease not yet sent
-        connections.sweep(client.pool)  # b has no pools yet: nothing to retire
-        lease_a = client.pool.acquire()
-        assert lease_a is not None
-        client.pool.update([b.url])  # now a leaves too, idle: its pools are retired by the next sweep
+        assert lease.host.url == x
+        client.pool.update([y])  # x leaves, idle, with this lease not yet sent
         connections.sweep(client.pool)
         retired = connections.closable()
         assert len(retired) == 1
-        transport = connections.for_lease(lease_a)  # the request that picked a just before it left
+        transport = connections.for_lease(lease)
         assert transport not in retired
-        response = transport.handle_request(httpx.Request("GET", f"{a.url}/x"))
+        response = transport.handle_request(httpx.Request("GET", f"{x}/x"))
         response.read()
         response.close()
-        lease_a.release(failed=False)
-        assert connections.closable() == [transport]  # its pools retire with its last request
         lease.release(failed=False)
+        assert connections.closable() == [transport]  # its pools retire with its last request
         for closed in [*retired, transport]:
             closed.close()
         assert connections.registry is not None

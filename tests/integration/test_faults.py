@@ -543,7 +543,7 @@ async def test_consecutive_failures_eject_and_the_host_returns_by_itself(
 
     ejected = log_lines(caplog, "ejected", a.url)
     assert len(ejected) == 2, ejected
-    assert "3 consecutive failures" in ejected[0]
+    assert "3 consecutive gateway failures" in ejected[0]
     durations = [float(m.group(1)) for line in ejected if (m := re.search(r"ejected for ([\d.]+)s", line))]
     assert len(durations) == 2
     assert durations[1] > durations[0]

@@ -313,6 +313,19 @@ async def test_no_available_host_is_an_httpx2_transport_error(bridge: Bridge, ba
     assert sum(b.count() for b in backends) == 0
 
 
+async def test_a_full_pool_is_an_httpx2_transport_error_saying_so(bridge: Bridge, backends: list[Backend]) -> None:
+    async with bridge.client(urls(backends), max_in_flight=1) as client:
+        pool = client.bridge.pool
+        assert [h.max_in_flight for h in pool.hosts] == [1] * len(backends)
+        streams = [await bridge.send_streaming(client, "/stream?chunks=2") for _ in backends]
+        with pytest.raises(NoAvailableHostError, match="max_in_flight"):
+            await bridge.get(client, "/x")
+        for response in streams:
+            await bridge.close(response)
+        assert (await bridge.get(client, "/x")).status_code == 200
+    assert pool.stats().rejected == 1
+
+
 # -- streamed bodies and leases ---------------------------------------------------------------------------------
 
 
