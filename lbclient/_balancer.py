@@ -226,6 +226,7 @@ class _Balancer:
         if self.health_check is not None:
             self.chores.append(HTTPHealthChecks(self.pool, self.health_check, self.service, connections))
         if refresher is not None:
+            refresher.connections = connections
             self.chores.append(refresher)
 
     def owns(self, request: httpx.Request) -> bool:
@@ -488,8 +489,8 @@ class _Exchange:
             # The loser of a hedge, cancelled by us: its time so far is a lower bound of the host's
             # latency, and the only news of a slow host the balancer would otherwise never get.
             lease.release(failed=False)
-        elif kind is None or isinstance(exc, httpx.PoolTimeout):
-            lease.abandon()
+        elif kind is None or isinstance(exc, httpx.PoolTimeout) or self.balancer.connections.closed:
+            lease.abandon()  # our side, or cut by the client closing: nothing to hold against the host
         else:
             lease.release(failed=True)
         if isinstance(exc, Exception):
@@ -592,16 +593,21 @@ class _Exchange:
             "retry_error_callback": lambda state: state.outcome.result() if state.outcome else None,
         }
 
-    def give_up(self, exc: Exception) -> httpx.Response:
-        """The request failed for good: return the last response if there was one, else raise ``exc``
-        with every attempt (host, error) noted on it; a request cut because the client closed raises
-        :class:`ClientClosedError` from the error that cut it."""
+    def raise_if_closed(self, exc: Exception) -> None:
+        """A request cut because the client closed raises :class:`ClientClosedError` from the error that
+        cut it, whatever that was (a socket closed under a read can raise more than httpx's errors)."""
         if self.balancer.connections.closed and not isinstance(exc, ClientClosedError):
             raise ClientClosedError(
                 f"the {self.balancer.service!r} client was closed while {self.request.method} {self._url} was "
                 f"in flight; it was not retried",
                 request=self.request,
             ) from exc
+
+    def give_up(self, exc: Exception) -> httpx.Response:
+        """The request failed for good: return the last response if there was one, else raise ``exc``
+        with every attempt (host, error) noted on it; a request cut because the client closed raises
+        :class:`ClientClosedError` from the error that cut it."""
+        self.raise_if_closed(exc)
         if self.previous is not None:
             return self.previous
         if len(self.errors) > 1 or self.attempts > 1:

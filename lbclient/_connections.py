@@ -9,8 +9,9 @@ A host's connections belong to that host's time in the pool (its :class:`HostSta
 host that leaves and comes back gets new connection pools while the old ones finish their requests and
 streams, then close. Nothing is closed under a request in flight.
 
-On close, every socket the default transports opened is shut down first, which wakes a thread blocked
-reading a response (closing a socket does not), and no connection outlives the transport.
+On close, no connection is opened and nothing is written any more, every socket the default transports
+opened is shut down (which wakes a thread blocked reading a response: closing a socket does not), and no
+connection outlives the transport.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpcore
 import httpx
 
 from ._core import HostState, Lease, Pool
+from ._exceptions import ClientClosedError
 from ._urls import replace
 
 __all__ = ["SUBPOOL_CONNECTIONS", "Connections", "SocketRegistry", "Target", "inner_factory"]
@@ -83,8 +85,12 @@ class Target:
 # -- sockets -------------------------------------------------------------------------------------------------
 
 
+_CLOSED = "the client was closed: nothing more is sent"
+
+
 class _TrackedStream(httpcore.NetworkStream):
-    """A connection's network stream, known to its :class:`SocketRegistry` until it closes."""
+    """A connection's network stream, known to its :class:`SocketRegistry` until it closes. Once the
+    registry is closing, nothing more is written: no request starts after ``close()`` began."""
 
     def __init__(self, stream: httpcore.NetworkStream, registry: SocketRegistry) -> None:
         self._stream = stream
@@ -94,6 +100,8 @@ class _TrackedStream(httpcore.NetworkStream):
         return self._stream.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._registry.closing:
+            raise httpcore.WriteError(_CLOSED)
         self._stream.write(buffer, timeout)
 
     def close(self) -> None:
@@ -125,11 +133,45 @@ class _TrackedStream(httpcore.NetworkStream):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _TrackingBackend(httpcore.NetworkBackend):
-    """httpcore's own sync backend, with every connection it opens recorded in a registry."""
+class _AsyncTrackedStream(httpcore.AsyncNetworkStream):
+    """The async twin of :class:`_TrackedStream` (a task reading a stream that another task closes wakes
+    up by itself: closing is enough)."""
 
-    def __init__(self, registry: SocketRegistry) -> None:
-        self._backend = httpcore.SyncBackend()
+    def __init__(self, stream: httpcore.AsyncNetworkStream, registry: SocketRegistry) -> None:
+        self._stream = stream
+        self._registry = registry
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._registry.closing:
+            raise httpcore.WriteError(_CLOSED)
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        self._registry.forget(self)
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            self._stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            self._registry.forget(self)
+            raise
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _TrackingBackend(httpcore.NetworkBackend):
+    """A transport's own sync network backend, with every connection it opens recorded in a registry."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, registry: SocketRegistry) -> None:
+        self._backend = backend
         self._registry = registry
 
     def connect_tcp(
@@ -152,24 +194,65 @@ class _TrackingBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
+class _AsyncTrackingBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of :class:`_TrackingBackend`."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, registry: SocketRegistry) -> None:
+        self._backend = backend
+        self._registry = registry
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return await self._registry.track_async(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._registry.track_async(await self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
 class SocketRegistry:
-    """The open connections of a sync client's default transports, so that closing the client can wake
-    the threads that wait on them and prove that none is left (``open``)."""
+    """The open connections of a client's default transports, so that closing the client refuses new
+    ones, cuts those in flight, and can prove that none is left (``open``).
+
+    A connection that finishes connecting after the close began is closed at once (``ConnectError``),
+    and nothing is written on any connection once it began, so no request is sent after ``close()``."""
 
     def __init__(self) -> None:
-        self._streams: set[_TrackedStream] = set()
+        self._streams: set[_TrackedStream | _AsyncTrackedStream] = set()
         self._lock = threading.Lock()
-        self.backend = _TrackingBackend(self)
         #: Set by :meth:`shut_down`: the client is closing.
         self.closing = False
 
     def track(self, stream: httpcore.NetworkStream) -> _TrackedStream:
-        tracked = _TrackedStream(stream, self)
         with self._lock:
-            self._streams.add(tracked)
-        return tracked
+            if not self.closing:
+                tracked = _TrackedStream(stream, self)
+                self._streams.add(tracked)
+                return tracked
+        stream.close()
+        raise httpcore.ConnectError(_CLOSED)
 
-    def forget(self, stream: _TrackedStream) -> None:
+    async def track_async(self, stream: httpcore.AsyncNetworkStream) -> _AsyncTrackedStream:
+        with self._lock:
+            if not self.closing:
+                tracked = _AsyncTrackedStream(stream, self)
+                self._streams.add(tracked)
+                return tracked
+        await stream.aclose()
+        raise httpcore.ConnectError(_CLOSED)
+
+    def forget(self, stream: _TrackedStream | _AsyncTrackedStream) -> None:
         with self._lock:
             self._streams.discard(stream)
 
@@ -179,20 +262,36 @@ class SocketRegistry:
         return len(self._streams)
 
     def shut_down(self) -> None:
-        """Shut every open connection down (the threads reading them wake up), and every one that closes
-        from now on."""
+        """Refuse new connections and writes; shut every open sync connection down (the threads reading
+        them wake up), and every one that closes from now on."""
         with self._lock:
             self.closing = True
             streams = list(self._streams)
         for stream in streams:
-            stream.shut_down()
+            if isinstance(stream, _TrackedStream):
+                stream.shut_down()
+
+    async def aclose_all(self) -> None:
+        """Refuse new connections and writes, and close every open async connection (the tasks reading
+        them wake up)."""
+        with self._lock:
+            self.closing = True
+            streams = list(self._streams)
+        for stream in streams:
+            if isinstance(stream, _AsyncTrackedStream):
+                await stream.aclose()
 
     def adopt(self, transport: object) -> None:
-        """Make ``transport`` (an ``httpx.HTTPTransport``) open its connections through this registry."""
+        """Make ``transport`` (an ``httpx.HTTPTransport`` or ``AsyncHTTPTransport``) open its connections
+        through this registry."""
         pool = getattr(transport, "_pool", None)
-        if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(pool, httpcore.ConnectionPool) and isinstance(backend, httpcore.NetworkBackend):
+            pool._network_backend = _TrackingBackend(backend, self)
+        elif isinstance(pool, httpcore.AsyncConnectionPool) and isinstance(backend, httpcore.AsyncNetworkBackend):
+            pool._network_backend = _AsyncTrackingBackend(backend, self)
+        else:
             raise TypeError(f"cannot track the connections of {transport!r}: httpx's layout changed")
-        pool._network_backend = self.backend
 
 
 def inner_factory(
@@ -269,6 +368,8 @@ class _HostConnections(Generic[InnerT]):
         with self._lock:
             if self.retired:
                 return None
+            if owner.closed:
+                raise ClientClosedError(_CLOSED)
             slots = self.slots
             slot = min(slots, key=_busy) if slots else None
             if slot is None or (slot.busy >= SUBPOOL_CONNECTIONS and self._room()):
@@ -378,6 +479,8 @@ class Connections(Generic[InnerT]):
     def for_lease(self, lease: Lease) -> InnerT:
         """The transport to send ``lease``'s request through; the lease gives its place back when it ends."""
         if self._shared is not None:
+            if self.closed:
+                raise ClientClosedError(_CLOSED)
             return self._shared
         while True:
             transport = self._of(lease.host).take(lease)
@@ -394,12 +497,23 @@ class Connections(Generic[InnerT]):
             return self._default
 
     def for_health_checks(self) -> InnerT:
-        """The health checks' transport: the caller's own, or one more built like every other."""
+        """The health checks' transport: the caller's own, or one more built like every other but with no
+        cap on its connections (at most one check per host is in flight, and a cap shared by every host
+        would let hanging checks hold up the others')."""
         if self._shared is not None:
             return self._shared
         with self._lock:
             if self._health is None:
-                self._health = self.build(None)
+                limits = self.limits
+                self._health = self.build(
+                    None
+                    if limits is None
+                    else httpx.Limits(
+                        max_connections=None,
+                        max_keepalive_connections=limits.max_keepalive_connections,
+                        keepalive_expiry=limits.keepalive_expiry,
+                    )
+                )
             return self._health
 
     # -- retiring --------------------------------------------------------------------------------------
@@ -430,6 +544,12 @@ class Connections(Generic[InnerT]):
                 del self._hosts[connections.host]
             self._closable += [slot.transport for slot in connections.slots]
 
+    def tidy(self, pool: Pool) -> list[InnerT]:
+        """:meth:`sweep`, then :meth:`closable`: for the background loops, so that the connections of a
+        host that left close even while no request comes."""
+        self.sweep(pool)
+        return self.closable()
+
     def closable(self) -> list[InnerT]:
         """Transports to close now (taken: each is given out once). Empty and cheap most of the time."""
         if not self._closable:
@@ -449,4 +569,12 @@ class Connections(Generic[InnerT]):
             self._closable = []
         if self.registry is not None:
             self.registry.shut_down()
+        return everything
+
+    async def aclose_all(self) -> list[InnerT]:
+        """:meth:`close_all` for async transports: also closes the connections a straggling attempt opened
+        on a transport it took before the close."""
+        everything = self.close_all()
+        if self.registry is not None:
+            await self.registry.aclose_all()
         return everything

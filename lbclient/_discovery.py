@@ -22,12 +22,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 
 from ._background import TaskLoop, ThreadLoop
 from ._core import Host, HostLike, Pool, check_sni_hostname
+
+if TYPE_CHECKING:
+    from ._connections import Connections
 
 __all__ = ["DNSDiscovery", "Discovery", "DiscoveryError", "FileDiscovery", "Resolution"]
 
@@ -297,6 +300,8 @@ class Refresher:
         self.name = f"lbclient-discovery-{service}"
         self.service = service
         self._first_delay = discovery.min_interval
+        #: The client's connections, tidied after each update (the TCP proxy has none).
+        self.connections: Connections[Any] | None = None
 
     def apply(self, answer: Resolution | BaseException) -> float:
         """Update the pool with a good answer; keep the hosts (and log) otherwise. Returns the delay."""
@@ -325,7 +330,11 @@ class Refresher:
             answer = self._resolve()
             if loop.stopping.is_set():
                 return 0.0  # the client closed while resolve() ran: its answer is not used
-            return self.apply(answer)
+            delay = self.apply(answer)
+            if self.connections is not None:
+                for done in self.connections.tidy(self._pool_of()):  # hosts that left, idle: closed now
+                    done.close()
+            return delay
 
         return ThreadLoop(self.name, step, first_delay=self._first_delay)
 
@@ -334,7 +343,11 @@ class Refresher:
             # abandon_on_cancel: closing the client never waits for a resolve() that blocks; its answer
             # is dropped, since it is applied here, in the task, which is cancelled by then.
             answer = await anyio.to_thread.run_sync(self._resolve, abandon_on_cancel=True)
-            return self.apply(answer)
+            delay = self.apply(answer)
+            if self.connections is not None:
+                for done in self.connections.tidy(self._pool_of()):
+                    await done.aclose()
+            return delay
 
         return TaskLoop(self.name, step, first_delay=self._first_delay)
 

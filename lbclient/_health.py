@@ -29,8 +29,9 @@ __all__ = ["HTTPHealthChecks", "HealthChecks"]
 
 logger = logging.getLogger("lbclient")
 
-#: The most checks in flight at once in the sync round (each holds a worker thread while it waits).
-MAX_PARALLEL_CHECKS = 16
+#: Worker threads of the sync checks to start with (there are as many as hosts when there are more; a
+#: worker thread is only made when a check needs it).
+MIN_WORKERS = 4
 
 
 class HealthChecks:
@@ -89,6 +90,8 @@ class HTTPHealthChecks(HealthChecks):
         super().__init__(pool, config, service)
         self._connections = connections
         self._workers: ThreadPoolExecutor | None = None
+        self._worker_count = 0
+        self._old_workers: list[ThreadPoolExecutor] = []
         self._running: set[HostState] = set()  # hosts with a sync check in flight
         self._running_lock = threading.Lock()
 
@@ -116,9 +119,18 @@ class HTTPHealthChecks(HealthChecks):
     def _round(self, loop: ThreadLoop) -> float:
         """Start a check of every host whose last check is over, on the worker threads; a check that
         hangs (until its timeout) holds up no other host's."""
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(MAX_PARALLEL_CHECKS, thread_name_prefix=self.name)
-        for host in self.pool.hosts:
+        for done in self._connections.tidy(self.pool):
+            done.close()
+        hosts = self.pool.hosts
+        if self._workers is None or self._worker_count < len(hosts):
+            # A worker per host: one check per host is in flight at most, and a host whose check waits for
+            # a worker held by a hanging check would be held up after all.
+            if self._workers is not None:
+                self._workers.shutdown(wait=False)  # its threads end with their checks, joined at close
+                self._old_workers.append(self._workers)
+            self._worker_count = max(MIN_WORKERS, len(hosts))
+            self._workers = ThreadPoolExecutor(self._worker_count, thread_name_prefix=self.name)
+        for host in hosts:
             with self._running_lock:
                 if host in self._running:
                     continue
@@ -145,11 +157,16 @@ class HTTPHealthChecks(HealthChecks):
             self.report(host, response)
 
     def _close(self) -> None:
-        if self._workers is not None:
-            # Checks in flight were cut by the client closing its connections: this join is short.
-            self._workers.shutdown(wait=True, cancel_futures=True)
+        # Checks in flight were cut by the client closing its connections: these joins are short.
+        for workers in [*self._old_workers, *([self._workers] if self._workers is not None else [])]:
+            workers.shutdown(wait=True, cancel_futures=True)
 
     # -- the async round, in a task ------------------------------------------------------------------------
+
+    async def _async_round(self, loop: TaskLoop) -> float:
+        for done in self._connections.tidy(self.pool):
+            await done.aclose()
+        return await super()._async_round(loop)
 
     async def _check(self, host: HostState) -> None:
         try:

@@ -254,6 +254,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             return result
         except httpx.HTTPError as exc:
             return exchange.give_up(exc)
+        except Exception as exc:
+            exchange.raise_if_closed(exc)
+            raise
 
     def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
         seed = exchange.take_seed()
@@ -265,8 +268,9 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         connections = self._connections
-        inner = connections.for_lease(lease)
+        inner: httpx.BaseTransport | None = None
         try:
+            inner = connections.for_lease(lease)
             response = inner.handle_request(exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.SyncByteStream, response.stream)
@@ -277,7 +281,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
                 exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
-            if connections.closed:
+            if connections.closed and inner is not None:
                 inner.close()  # a connection this attempt opened as the client closed must not outlive it
             raise
         exchange.responded(
@@ -328,11 +332,13 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         max_in_flight: int | None = None,
     ) -> None:
         options = dict(transport_options or {})
+        build, registry = self._inner_factory(options)
         self._connections = Connections(
             transport,
-            self._inner_factory(options),
+            build,
             options,
             sni_hostname=check_sni_hostname(sni_hostname, "AsyncLoadBalancingTransport"),
+            registry=None if transport is not None else registry,
         )
         self._balancer = _Balancer(
             hosts,
@@ -352,10 +358,13 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         self._loops = [chore.task() for chore in self._balancer.chores]
 
     @staticmethod
-    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.AsyncBaseTransport]:
-        """Builds the default inner transports, as :meth:`LoadBalancingTransport._inner_factory` (an
-        async task blocked on a socket wakes when another task closes it: no registry is needed)."""
-        return inner_factory(httpx.AsyncHTTPTransport, options)
+    def _inner_factory(
+        options: dict[str, Any],
+    ) -> tuple[Callable[[httpx.Limits | None], httpx.AsyncBaseTransport], SocketRegistry | None]:
+        """Builds the default inner transports and the registry of their sockets, as
+        :meth:`LoadBalancingTransport._inner_factory`."""
+        registry = SocketRegistry()
+        return inner_factory(httpx.AsyncHTTPTransport, options, registry=registry), registry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send a pool request to a host of the pool (retried, and hedged, as configured); any other
@@ -391,6 +400,9 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             return result
         except httpx.HTTPError as exc:
             return exchange.give_up(exc)
+        except Exception as exc:
+            exchange.raise_if_closed(exc)
+            raise
 
     async def _replay_or_attempt(self, exchange: _Exchange) -> httpx.Response:
         seed = exchange.take_seed()
@@ -404,8 +416,9 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             assert exchange.previous is not None
             return exchange.previous
         connections = self._connections
-        inner = connections.for_lease(lease)
+        inner: httpx.AsyncBaseTransport | None = None
         try:
+            inner = connections.for_lease(lease)
             response = await inner.handle_async_request(request or exchange.request)
             if exchange.should_buffer(response):
                 stream = typing.cast(httpx.AsyncByteStream, response.stream)
@@ -416,7 +429,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
                 exchange.buffered(response, body)
         except BaseException as exc:
             exchange.failed(lease, exc)
-            if connections.closed:
+            if connections.closed and inner is not None:
                 with anyio.CancelScope(shield=True):
                     await inner.aclose()  # a connection opened as the client closed must not outlive it
             raise
@@ -501,5 +514,5 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             for loop in self._loops:
                 await loop.stop()
             with anyio.CancelScope(shield=True):
-                for inner in self._connections.close_all():
+                for inner in await self._connections.aclose_all():
                     await inner.aclose()

@@ -347,8 +347,10 @@ class _AsyncCore(_transports.AsyncLoadBalancingTransport):
     """The async balancer, sending through httpx2's transports."""
 
     @staticmethod
-    def _inner_factory(options: dict[str, Any]) -> Callable[[httpx.Limits | None], httpx.AsyncBaseTransport]:
-        return inner_factory(_build_async, options, create_ssl_context=httpx2.create_ssl_context)
+    def _inner_factory(
+        options: dict[str, Any],
+    ) -> tuple[Callable[[httpx.Limits | None], httpx.AsyncBaseTransport], SocketRegistry | None]:
+        return inner_factory(_build_async, options, create_ssl_context=httpx2.create_ssl_context), None
 
     def passthrough(self) -> httpx2.AsyncBaseTransport:
         inner = self._connections.passthrough()

@@ -241,3 +241,19 @@ async def test_hanging_checks_never_delay_another_hosts_check(flavor: Flavor, ba
     finally:
         for sock in silent:
             sock.close()
+
+
+async def test_checks_have_connections_of_their_own_beyond_the_clients_limits(
+    flavor: Flavor, backends: list[Backend]
+) -> None:
+    """max_connections=1 bounds each host's request connections, not the checks: a host whose /health
+    hangs must not take the one connection the other hosts' checks need."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        hosts = [f"127.0.0.1:{silent.getsockname()[1]}", backends[0].url]
+        checks = HealthCheck(interval=0.02, timeout=5.0, unhealthy_threshold=1)
+        async with flavor.client(hosts, health_check=checks, limits=httpx.Limits(max_connections=1)) as client:
+            await eventually(lambda: backends[0].count("GET", "/health") >= 10, timeout=4, what="10 checks")
+            assert client.pool.hosts[1].healthy
+    finally:
+        silent.close()

@@ -6,7 +6,9 @@ Server-side counters prove what was sent; ``/proc/net/tcp`` shows which client c
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -160,3 +162,78 @@ async def test_close_returns_while_a_discovery_source_blocks(flavor: Flavor, bac
 def test_a_bad_ttl_is_refused(ttl: Any) -> None:
     with pytest.raises(ValueError, match="ttl"):
         Resolution(["127.0.0.1:1"], ttl=ttl)
+
+
+class _FullBacklog:
+    """A listening socket whose accept queue is full: a client's connect stays in progress until the test
+    starts accepting. ``received()`` then accepts what is queued and returns the bytes each sent."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+
+    def received(self) -> list[bytes]:
+        self.listener.settimeout(0.5)
+        got: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.settimeout(0.2)
+                    try:
+                        got.append(conn.recv(65536))
+                    except TimeoutError:
+                        got.append(b"")
+        return got
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.fillers]:
+            sock.close()
+
+
+async def test_a_post_still_connecting_when_close_begins_is_never_sent(flavor: Flavor) -> None:
+    server = _FullBacklog()
+    outcome: list[BaseException | int] = []
+    try:
+        client: Any = (AsyncLBClient if flavor.is_async else LBClient)([f"127.0.0.1:{server.port}"], timeout=10.0)
+        if flavor.is_async:
+            await client.__aenter__()
+
+            async def post() -> None:
+                try:
+                    outcome.append((await client.post("/charge", content=b"x")).status_code)
+                except Exception as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(post)
+                await eventually(lambda: client.pool.hosts[0].outstanding == 1, what="the POST connecting")
+                await client.aclose()
+                # Accept the queued connection now: its connect completes, after the close began.
+                accepted = await anyio.to_thread.run_sync(server.received)
+        else:
+            thread = threading.Thread(target=lambda: outcome.append(_post(client)))
+            thread.start()
+            await eventually(lambda: client.pool.hosts[0].outstanding == 1, what="the POST connecting")
+            client.close()
+            accepted = server.received()
+            thread.join(15)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], ClientClosedError), outcome
+        assert all(data == b"" for data in accepted), accepted  # not one byte of the POST was sent
+    finally:
+        server.close()
+
+
+def _post(client: LBClient) -> BaseException | int:
+    try:
+        return client.post("/charge", content=b"x").status_code
+    except Exception as exc:
+        return exc
