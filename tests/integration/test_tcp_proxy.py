@@ -704,10 +704,11 @@ class LimitedProxy:
                     pipe.close()
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], bool], what: Callable[[], str]) -> None:
+    """Until ``condition()``; at the deadline, fail with ``what()``: the state then, not at the start."""
     deadline = time.monotonic() + DEADLINE
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what()
         time.sleep(0.01)
 
 
@@ -748,10 +749,16 @@ def test_established_connections_survive_a_flood_beyond_the_descriptor_limit(
         for _ in range(200):
             flood.append(socket.create_connection(proxy.address, timeout=DEADLINE))
         if cap == "none":
-            wait_until(lambda: proxy.lines("out of file descriptors"), f"no shortage reported: {proxy.errors}")
+            wait_until(lambda: proxy.lines("out of file descriptors"), lambda: f"no shortage reported: {proxy.errors}")
         else:
             cap_value = default_max_connections(64)
-            wait_until(lambda: len(backend.active) == cap_value, f"not {cap_value} connections: {backend.active}")
+            wait_until(
+                lambda: len(backend.active) == cap_value,
+                lambda: (
+                    f"{len(backend.active)} of {cap_value} connections at the backend "
+                    f"({backend.connections} made): {''.join(proxy.errors)}"
+                ),
+            )
         for index, sock in enumerate(established):
             echo_both_ways(sock, pattern(50_000) + b"during %d" % index)
         assert proxy.process.poll() is None, proxy.errors
