@@ -93,6 +93,11 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5. The proxy opens up to its cap (22 under 64 descriptors) of
+    # upstream connections at once; under load this thread accepts more slowly than they come, and Linux,
+    # its accept queue full, answers with SYN cookies and then drops the handshake's last ACK. The proxy's
+    # side is established, ours never exists, and a caller that sends nothing never brings it back.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, backend: TCPBackend, port: int) -> None:
         self.backend = backend
@@ -111,6 +116,7 @@ class TCPBackend:
         self.peak = 0  # the most connections open at once
         self.port = 0
         self._server: _Server | None = None
+        self._serving = False
         self.start()
 
     @property
@@ -118,15 +124,27 @@ class TCPBackend:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.listen()
+        self.serve()
+
+    def listen(self) -> None:
+        """Listening: connections are made (into the listen backlog), none taken until :meth:`serve`."""
         server = self._server = _Server(self, self.port)
         self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._serving = False
+
+    def serve(self) -> None:
+        """Taking and answering connections, in a thread."""
+        assert self._server is not None
+        self._serving = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def kill(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        if self._serving:  # shutdown() waits for serve_forever to return: forever if it never ran
+            server.shutdown()
         server.server_close()
         with self.lock:
             for sock in list(self.active):
@@ -704,10 +722,11 @@ class LimitedProxy:
                     pipe.close()
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], bool], what: Callable[[], str]) -> None:
+    """Until ``condition()``; at the deadline, fail with ``what()``: the state then, not at the start."""
     deadline = time.monotonic() + DEADLINE
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what()
         time.sleep(0.01)
 
 
@@ -720,6 +739,31 @@ def echo_both_ways(sock: socket.socket, data: bytes) -> None:
         assert chunk, f"the connection ended after {len(got)} of {len(data)} bytes"
         got += chunk
     assert got == data
+
+
+def test_the_backend_keeps_a_burst_of_connections_it_has_not_taken_yet(
+    tcp_backends: Callable[[int], list[TCPBackend]],
+) -> None:
+    """The flood test's burst of upstream connections, all opened at once (as the proxy does) before the
+    backend takes any: it keeps them all in its listen backlog and serves each once it takes them. With
+    socketserver's backlog of 5, the kernel completed the rest with SYN cookies and dropped them on the
+    backend's side: established for the caller, never seen by the backend."""
+    (backend,) = tcp_backends(1)
+    backend.kill()
+    backend.listen()  # not taking connections yet: the proxy's burst outruns the backend's thread
+    cap = default_max_connections(64)
+    assert cap is not None
+    burst = 2 * cap
+    callers = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(burst)]
+    try:
+        for sock in callers:
+            sock.setblocking(False)
+            assert sock.connect_ex(("127.0.0.1", backend.port)) in (0, errno.EINPROGRESS)
+        backend.serve()
+        wait_until(lambda: backend.connections == burst, lambda: f"{backend.connections} of {burst} taken")
+    finally:
+        for sock in callers:
+            sock.close()
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -748,10 +792,16 @@ def test_established_connections_survive_a_flood_beyond_the_descriptor_limit(
         for _ in range(200):
             flood.append(socket.create_connection(proxy.address, timeout=DEADLINE))
         if cap == "none":
-            wait_until(lambda: proxy.lines("out of file descriptors"), f"no shortage reported: {proxy.errors}")
+            wait_until(lambda: proxy.lines("out of file descriptors"), lambda: f"no shortage reported: {proxy.errors}")
         else:
             cap_value = default_max_connections(64)
-            wait_until(lambda: len(backend.active) == cap_value, f"not {cap_value} connections: {backend.active}")
+            wait_until(
+                lambda: len(backend.active) == cap_value,
+                lambda: (
+                    f"{len(backend.active)} of {cap_value} connections at the backend "
+                    f"({backend.connections} made): {''.join(proxy.errors)}"
+                ),
+            )
         for index, sock in enumerate(established):
             echo_both_ways(sock, pattern(50_000) + b"during %d" % index)
         assert proxy.process.poll() is None, proxy.errors
