@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+import anyio
 import httpcore
 import httpx
 
@@ -31,7 +32,15 @@ from ._core import HostState, Lease, Pool
 from ._exceptions import ClientClosedError
 from ._urls import replace
 
-__all__ = ["SUBPOOL_CONNECTIONS", "Connections", "SocketRegistry", "Target", "inner_factory"]
+__all__ = [
+    "SUBPOOL_CONNECTIONS",
+    "Connections",
+    "SocketRegistry",
+    "Target",
+    "aclose_transports",
+    "close_transports",
+    "inner_factory",
+]
 
 InnerT = TypeVar("InnerT")
 
@@ -578,3 +587,17 @@ class Connections(Generic[InnerT]):
         if self.registry is not None:
             await self.registry.aclose_all()
         return everything
+
+
+def close_transports(transports: Iterable[httpx.BaseTransport]) -> None:
+    """Close transports that are done with (taken from :meth:`Connections.closable` or ``tidy``)."""
+    for transport in transports:
+        transport.close()
+
+
+async def aclose_transports(transports: Iterable[httpx.AsyncBaseTransport]) -> None:
+    """Close async transports that are done with, shielded: they were taken from the list of those to
+    close, so a cancellation here would leave their connections open for good."""
+    with anyio.CancelScope(shield=True):
+        for transport in transports:
+            await transport.aclose()

@@ -22,15 +22,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio.to_thread
 
 from ._background import TaskLoop, ThreadLoop
+from ._connections import Connections, aclose_transports, close_transports
 from ._core import Host, HostLike, Pool, check_sni_hostname
-
-if TYPE_CHECKING:
-    from ._connections import Connections
 
 __all__ = ["DNSDiscovery", "Discovery", "DiscoveryError", "FileDiscovery", "Resolution"]
 
@@ -332,8 +330,7 @@ class Refresher:
                 return 0.0  # the client closed while resolve() ran: its answer is not used
             delay = self.apply(answer)
             if self.connections is not None:
-                for done in self.connections.tidy(self._pool_of()):  # hosts that left, idle: closed now
-                    done.close()
+                close_transports(self.connections.tidy(self._pool_of()))  # hosts that left, idle: closed now
             return delay
 
         return ThreadLoop(self.name, step, first_delay=self._first_delay)
@@ -345,8 +342,7 @@ class Refresher:
             answer = await anyio.to_thread.run_sync(self._resolve, abandon_on_cancel=True)
             delay = self.apply(answer)
             if self.connections is not None:
-                for done in self.connections.tidy(self._pool_of()):
-                    await done.aclose()
+                await aclose_transports(self.connections.tidy(self._pool_of()))
             return delay
 
         return TaskLoop(self.name, step, first_delay=self._first_delay)

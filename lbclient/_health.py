@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from ._background import TaskLoop, ThreadLoop
-from ._connections import Connections
+from ._connections import Connections, aclose_transports, close_transports
 from ._core import HostState, Pool
 from ._core._config import HealthCheck
 
@@ -119,8 +119,7 @@ class HTTPHealthChecks(HealthChecks):
     def _round(self, loop: ThreadLoop) -> float:
         """Start a check of every host whose last check is over, on the worker threads; a check that
         hangs (until its timeout) holds up no other host's."""
-        for done in self._connections.tidy(self.pool):
-            done.close()
+        close_transports(self._connections.tidy(self.pool))
         hosts = self.pool.hosts
         if self._workers is None or self._worker_count < len(hosts):
             # A worker per host: one check per host is in flight at most, and a host whose check waits for
@@ -164,8 +163,7 @@ class HTTPHealthChecks(HealthChecks):
     # -- the async round, in a task ------------------------------------------------------------------------
 
     async def _async_round(self, loop: TaskLoop) -> float:
-        for done in self._connections.tidy(self.pool):
-            await done.aclose()
+        await aclose_transports(self._connections.tidy(self.pool))
         return await super()._async_round(loop)
 
     async def _check(self, host: HostState) -> None:

@@ -18,7 +18,7 @@ import httpx
 import tenacity
 
 from ._balancer import _Balancer, _Exchange
-from ._connections import Connections, SocketRegistry, inner_factory
+from ._connections import Connections, SocketRegistry, aclose_transports, close_transports, inner_factory
 from ._core import DEFAULT_PANIC_THRESHOLD, HostLike, Lease, Pool, PoolEvent, Strategy, check_sni_hostname
 from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._discovery import Discovery
@@ -96,13 +96,11 @@ class _AsyncLeasedStream(httpx.AsyncByteStream):
 
 def _close_closable(connections: Connections[httpx.BaseTransport]) -> None:
     """Close the transports that are done with (a host that left, once its last request ended)."""
-    for transport in connections.closable():
-        transport.close()
+    close_transports(connections.closable())
 
 
 async def _aclose_closable(connections: Connections[httpx.AsyncBaseTransport]) -> None:
-    for transport in connections.closable():
-        await transport.aclose()
+    await aclose_transports(connections.closable())
 
 
 class _Balancing:
@@ -299,8 +297,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             self._closed = True
             for loop in self._loops:
                 loop.stopping.set()
-            for inner in self._connections.close_all():
-                inner.close()
+            close_transports(self._connections.close_all())
             for loop in self._loops:
                 loop.stop()
 
@@ -514,5 +511,4 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             for loop in self._loops:
                 await loop.stop()
             with anyio.CancelScope(shield=True):
-                for inner in await self._connections.aclose_all():
-                    await inner.aclose()
+                await aclose_transports(await self._connections.aclose_all())
