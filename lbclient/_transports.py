@@ -107,6 +107,8 @@ class _Balancing:
     """What both transports show of their balancer."""
 
     _balancer: _Balancer
+    #: Each transport class says how its default inner transports are built (a staticmethod).
+    _inner_factory: Callable[[dict[str, Any]], tuple[Callable[[httpx.Limits | None], Any], SocketRegistry | None]]
 
     @property
     def pool(self) -> Pool:
@@ -120,6 +122,21 @@ class _Balancing:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service={self.service!r} {self.pool!r}>"
+
+    def _connections_for(
+        self, transport: object, transport_options: Mapping[str, Any] | None, sni_hostname: str | None
+    ) -> Connections[Any]:
+        """Every transport the balancer will send through: the caller's ``transport``, or those built from
+        ``transport_options`` (with the registry of their sockets)."""
+        options = dict(transport_options or {})
+        build, registry = self._inner_factory(options)
+        return Connections(
+            transport,
+            build,
+            options,
+            sni_hostname=check_sni_hostname(sni_hostname, type(self).__name__),
+            registry=None if transport is not None else registry,
+        )
 
 
 class BalancingOptions(typing.TypedDict, total=False):
@@ -183,14 +200,8 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
     ) -> None:
-        options = dict(transport_options or {})
-        build, registry = self._inner_factory(options)
-        self._connections = Connections(
-            transport,
-            build,
-            options,
-            sni_hostname=check_sni_hostname(sni_hostname, "LoadBalancingTransport"),
-            registry=None if transport is not None else registry,
+        self._connections: Connections[httpx.BaseTransport] = self._connections_for(
+            transport, transport_options, sni_hostname
         )
         self._balancer = _Balancer(
             hosts,
@@ -328,14 +339,8 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
     ) -> None:
-        options = dict(transport_options or {})
-        build, registry = self._inner_factory(options)
-        self._connections = Connections(
-            transport,
-            build,
-            options,
-            sni_hostname=check_sni_hostname(sni_hostname, "AsyncLoadBalancingTransport"),
-            registry=None if transport is not None else registry,
+        self._connections: Connections[httpx.AsyncBaseTransport] = self._connections_for(
+            transport, transport_options, sni_hostname
         )
         self._balancer = _Balancer(
             hosts,
