@@ -23,6 +23,7 @@ cap by thousands, and the listening socket's queue is set back to ``LISTEN_BACKL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -105,6 +106,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _no_delay(transport)
         guard = self.guard
         guard.stats.open += 1
         guard.stats.accepted += 1
@@ -257,6 +259,16 @@ class GuardedH11Protocol(H11Protocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    """TCP_NODELAY, which asyncio sets only on sockets whose ``proto`` is IPPROTO_TCP, not on those
+    accepted from ``socket.create_server``'s (proto 0): without it, every answer written as headers and
+    body waits ~40 ms for the caller's delayed ACK (Nagle)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _name(client: tuple[str, int] | None) -> str:
