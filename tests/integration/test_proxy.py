@@ -370,12 +370,25 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 @contextlib.contextmanager
-def proxy_process(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``lbclient proxy --listen 127.0.0.1:0 ARGS`` in a subprocess; yields it and its base URL."""
+def proxy_process(
+    tmp_path: Path, *args: str, nofile: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``lbclient proxy --listen 127.0.0.1:0 ARGS`` in a subprocess (with RLIMIT_NOFILE lowered to
+    ``nofile`` if given); yields it and its base URL. Its stderr is ``tmp_path / "proxy.err"``."""
     out, err = tmp_path / "proxy.out", tmp_path / "proxy.err"
     command = [sys.executable, "-m", "lbclient", "proxy", "--listen", "127.0.0.1:0", "--log-level", "warning", *args]
+
+    def lower_nofile() -> None:
+        import resource
+
+        assert nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        # preexec_fn only calls setrlimit, which takes no lock that another thread could hold.
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=stderr, preexec_fn=None if nofile is None else lower_nofile
+        )
     try:
         wait_for(
             lambda: "listening on" in out.read_text() or process.poll() is not None,
