@@ -386,9 +386,8 @@ def proxy_process(
 
     with out.open("wb") as stdout, err.open("wb") as stderr:
         # preexec_fn only calls setrlimit, which takes no lock that another thread could hold.
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=stderr, preexec_fn=None if nofile is None else lower_nofile
-        )
+        preexec = None if nofile is None else lower_nofile
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, preexec_fn=preexec)  # noqa: PLW1509
     try:
         wait_for(
             lambda: "listening on" in out.read_text() or process.poll() is not None,
