@@ -8,33 +8,60 @@
     # uvicorn module:app --server-header false --date-header false, or: lbclient proxy --hosts ...
 
 The app forwards the method, path and query, headers and body; the balancer picks the host, retries and
-ejects as it does for any pool request. Bodies stream both ways, so memory stays flat whatever their
-size: the request body goes upstream as it arrives (an async generator given to httpx) and the response
-body comes back as it arrives (``client.send(..., stream=True)`` and ``aiter_raw``, so a compressed
-body stays compressed).
+ejects as it does for any pool request.
 
+- Buffering, as nginx's ``proxy_request_buffering`` and ``proxy_buffering`` (both on by default there):
+  up to ``request_buffer`` bytes (256 KiB) of a request body are read before a host is picked, so a
+  stalled upload holds no upstream connection, and a body that fits is sent from memory (retryable).
+  A longer one streams upstream as it arrives (never sent twice; a failed connect before any of it was
+  sent is still retried). An answer of known length up to ``response_buffer`` (256 KiB) is read whole
+  and the upstream connection let go before it is sent on, so a caller that never reads holds none;
+  longer or chunked answers stream (memory stays flat whatever their size: ``aiter_raw``, so a
+  compressed body stays compressed). Unless ``limits=`` is given, :func:`make_app` lets each host
+  have as many connections as the proxy has callers: a caller holding one cannot starve the others.
+- Caller-side limits (nginx's names and 60 s defaults): ``header_timeout`` for the request line and
+  headers (then 408, or a silent close if nothing came), ``body_timeout`` for each piece of the body
+  (then 408), ``send_timeout`` for a caller to take some of its answer (then the connection is
+  aborted), and ``max_connections`` callers' connections at most (default: half of what
+  ``RLIMIT_NOFILE`` leaves after ``FD_RESERVE``, since each may hold an upstream one). At the cap the
+  connection idle longest is closed to make room (as Envoy's overload manager cuts idle timeouts near
+  its limit); with none idle, a new caller gets a 503 at once. The body timeout is the app's; the
+  others are enforced by the uvicorn protocol that :func:`serve` installs
+  (:mod:`lbclient._proxy_server`), which also keeps asyncio from accepting connections past the cap.
+  ``proxy.callers`` (:class:`CallerStats`) counts what they did.
+- Forwarded headers are believed only from ``trusted_proxies`` (addresses or CIDRs; default none, as
+  uvicorn's ``forwarded_allow_ips``). The real client is the first untrusted address, reading the
+  trusted peer's ``X-Forwarded-For`` from the right. Upstream, ``X-Forwarded-For`` starts at the real
+  client and ends with the peer; ``X-Real-IP`` is the real client; ``Forwarded`` (RFC 7239) gets this
+  hop's ``for=...;host=...;proto=...``; ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are the proxy's
+  own. From a trusted peer, its ``X-Real-IP``, ``Forwarded`` and ``X-Forwarded-Proto/Host`` are kept
+  (``Forwarded`` appended to); from anyone else they are dropped. ``ip_hash`` keys on the real client
+  (``extensions={"lb_key": ...}``), so forged headers cannot steer it.
+- Malformed requests get a 400 and a line on the ``lbclient.proxy`` logger, never a 500 or a
+  traceback: both Content-Length and Transfer-Encoding, a ``#`` in the target, control characters in a
+  header value, a ``%`` not followed by two hex digits or ``%00``, a method that is not an upper-case
+  token (httpx would upper-case it), a Host that is not a host (h11 rejects the rest).
 - Hop-by-hop headers are dropped both ways (RFC 9110 7.6.1): ``Connection`` and every header it names,
   ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, and ``Expect``
-  (the ASGI server has already answered ``100-continue``).
-- ``X-Forwarded-For`` gets the caller's address appended (so ``ip_hash`` still sees the first client),
-  ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set; the ``Host`` header upstream names the picked
+  (the ASGI server has already answered ``100-continue``). The ``Host`` header upstream names the picked
   host, as the balancer sets it.
 - Only what the caller sent goes upstream: the client's default headers (``User-Agent``,
   ``Accept-Encoding``, ...) and cookies are not added, and redirects are passed back, not followed.
   The client's ``auth`` and ``timeout`` apply.
-- A request without a body is sent without one, and a body that arrived whole in one ASGI message is
-  sent from memory: both can be retried as any pool request. A streamed body (a generator) is never sent
-  twice; a failure to connect before any of it was sent is still retried.
 - No upstream answer: ``502 Bad Gateway`` (connect or transport error, :class:`NoAvailableHostError`)
   or ``504 Gateway Timeout`` (timeout); the details go to the ``lbclient.proxy`` logger, not to the
   caller. A failure after the answer began aborts the connection, so the caller sees a cut body rather
   than a complete-looking short one.
 - ``GET /health`` (``health_path=``; ``None`` forwards that path too) is the proxy's own: 200 while the
-  pool has a host available (healthy, not ejected, weight > 0), else 503, with each host's state as JSON.
+  pool has a host available (healthy, not ejected, weight > 0), else 503, with ``{"status": ...}``.
+  Callers whose real address is loopback or a trusted proxy also get each host's state and
+  ``callers``; others do not, since host URLs map the network behind the proxy for whoever asks
+  (a load balancer's probe needs the status code only).
 - Lifespan: the client is opened at startup (which starts its health checks and discovery) and closed at
   shutdown. ``async with proxy:`` does the same for servers or frameworks that run their own lifespan.
 
-The app runs on any ASGI server, on asyncio or trio (it uses anyio). Run uvicorn with
+The app runs on any ASGI server, on asyncio or trio (it uses anyio); there, only ``body_timeout`` of
+the caller-side limits applies, and the server's own limits stand in for the others. Run uvicorn with
 ``server_header=False, date_header=False``: the upstream's ``Server`` and ``Date`` headers pass through.
 """
 
