@@ -101,6 +101,7 @@ class GuardedH11Protocol(H11Protocol):
         self._counted = False
         self._shed = False
         self._fresh = True  # no request started yet: header_timeout runs from the connection's start
+        self._waiting = False  # paused writing: counted in waiting_to_send
 
     # -- connection life -------------------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         guard = self.guard
         guard.stats.open -= 1
+        self._stop_waiting()
         self._cancel_timers()
         self._uncount()
         if self._shed:
@@ -231,14 +233,23 @@ class GuardedH11Protocol(H11Protocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        if not self._waiting:
+            self._waiting = True
+            self.guard.stats.waiting_to_send += 1
         if self._send_timer is None and not self.transport.is_closing():
             self._send_timer = self.loop.call_later(self.guard.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._stop_waiting()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.guard.stats.waiting_to_send -= 1
 
     def _send_timed_out(self) -> None:
         self._send_timer = None

@@ -206,11 +206,13 @@ def _cookieless_jar() -> http.cookiejar.CookieJar:
 class CallerStats:
     """What happened to callers' connections and requests, counted by the proxy (``proxy.callers``).
 
-    ``open`` is the connections open now; the others count since start. The connection counts
-    (``open``, ``accepted``, ``evicted``, ``shed``, ``header_timeouts``, ``send_timeouts``) are kept by the
+    ``open`` and ``waiting_to_send`` are connections now; the others count since start. The connection
+    counts (all but ``body_timeouts`` and the app's ``bad_requests``) are kept by the
     uvicorn protocol that :func:`serve` installs; on another ASGI server they stay 0."""
 
     open: int = 0
+    #: Connections whose answer now waits for the caller to read (the write buffer over its high mark).
+    waiting_to_send: int = 0
     accepted: int = 0
     #: Idle connections closed to make room for a new caller at ``max_connections``.
     evicted: int = 0

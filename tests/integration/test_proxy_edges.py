@@ -123,9 +123,12 @@ async def test_150_stalled_uploads_and_150_callers_that_never_read_leave_gets_an
             sock = connect(url, receive_buffer=4096)
             sock.sendall(b"GET /bytes?n=4194304 HTTP/1.1\r\nHost: proxy\r\n\r\n")
             held.append(sock)
-        downloads = held[150:]
-        await eventually(lambda: all(map(has_data, downloads)), timeout=30, what="150 answers begun, unread")
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+
+            async def held_up() -> bool:  # the proxy has relayed all it can: each download waits on its caller
+                return bool((await client.get("/health")).json()["callers"]["waiting_to_send"] == 150)
+
+            await eventually(held_up, timeout=30, what="150 answers waiting for their callers to read")
             results = await timed_gets(client, 20)
             state = (await client.get("/health")).json()
         seconds = [round(elapsed, 3) for _, elapsed in results]
