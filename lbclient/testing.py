@@ -68,6 +68,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    #: The listen queue: socketserver's default of 5 drops the connects of a burst of callers, who then
+    #: wait a second for their retry.
+    request_queue_size = 128
 
     def __init__(self, backend: Backend, address: str, port: int) -> None:
         self.backend = backend

@@ -159,12 +159,12 @@ def addresses(backends: list[Backend]) -> list[str]:
 
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[str]:
-    """Serve the ASGI ``app`` with uvicorn in a thread on a free port of 127.0.0.1; yield its base URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", server_header=False, date_header=False, proxy_headers=False
-    )
-    server = uvicorn.Server(config)
+    """Serve the proxy ``app`` as ``lbclient proxy`` does (uvicorn with the guarded protocol) in a thread
+    on a free port of 127.0.0.1; yield its base URL."""
+    pytest.importorskip("uvicorn")
+    from lbclient._proxy_server import server_for
+
+    server = server_for(app, log_level="warning")
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy", daemon=True)
