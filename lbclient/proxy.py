@@ -75,6 +75,7 @@ import logging
 import math
 import re
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import asdict, dataclass
@@ -855,7 +856,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an address or network whose X-Forwarded-For, X-Real-IP and Forwarded are believed (repeatable; "
         "default: none)",
     )
+    upstream = parser.add_argument_group("upstream TLS (HTTPS hosts; requests and health checks alike)")
+    upstream.add_argument(
+        "--sni-hostname",
+        metavar="NAME",
+        help="the TLS server name sent and verified for HTTPS hosts given by address",
+    )
+    trust = upstream.add_mutually_exclusive_group()
+    trust.add_argument("--ca-file", metavar="PATH", help="verify the hosts' certificates against this CA bundle")
+    trust.add_argument("--insecure", action="store_true", help="do not verify the hosts' certificates")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def _upstream_verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """``verify=`` for the proxy's client: a context trusting ``--ca-file``, False for ``--insecure``, else
+    True (the system's CAs, or ``SSL_CERT_FILE``)."""
+    if args.insecure:
+        return False
+    if args.ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=args.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--ca-file {args.ca_file!r} cannot be used: {exc}") from None
 
 
 def _byte_count(text: str) -> int:
@@ -891,6 +914,8 @@ def run(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             request_buffer=args.request_buffer,
             response_buffer=args.response_buffer,
+            verify=_upstream_verify(args),
+            sni_hostname=args.sni_hostname,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

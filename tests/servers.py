@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,3 +179,36 @@ def serving(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         assert not thread.is_alive(), "the proxy did not shut down"
+
+
+@contextlib.contextmanager
+def proxy_process(
+    tmp_path: Path, *args: str, nofile: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``lbclient proxy --listen 127.0.0.1:0 ARGS`` in a subprocess (with RLIMIT_NOFILE lowered to
+    ``nofile`` if given); yields it and its base URL. Its stderr is ``tmp_path / "proxy.err"``."""
+    out, err = tmp_path / "proxy.out", tmp_path / "proxy.err"
+    command = [sys.executable, "-m", "lbclient", "proxy", "--listen", "127.0.0.1:0", "--log-level", "warning", *args]
+
+    def lower_nofile() -> None:
+        import resource
+
+        assert nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        # preexec_fn only calls setrlimit, which takes no lock that another thread could hold.
+        preexec = None if nofile is None else lower_nofile
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, preexec_fn=preexec)  # noqa: PLW1509
+    try:
+        wait_for(
+            lambda: "listening on" in out.read_text() or process.poll() is not None,
+            timeout=20,
+            what="the proxy's listening line",
+        )
+        match = re.search(r"listening on (http://\S+)", out.read_text())
+        assert match, f"no listening line; stderr: {err.read_text()}"
+        yield process, match.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -6,19 +6,17 @@ a real httpx client in front. Every wait is a condition with a deadline.
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from servers import serving, wait_for
+from servers import proxy_process, serving
 
 from lbclient import HealthCheck
 from lbclient.__main__ import main
@@ -338,39 +336,6 @@ def _status_kib(pid: int, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
-@contextlib.contextmanager
-def proxy_process(
-    tmp_path: Path, *args: str, nofile: int | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``lbclient proxy --listen 127.0.0.1:0 ARGS`` in a subprocess (with RLIMIT_NOFILE lowered to
-    ``nofile`` if given); yields it and its base URL. Its stderr is ``tmp_path / "proxy.err"``."""
-    out, err = tmp_path / "proxy.out", tmp_path / "proxy.err"
-    command = [sys.executable, "-m", "lbclient", "proxy", "--listen", "127.0.0.1:0", "--log-level", "warning", *args]
-
-    def lower_nofile() -> None:
-        import resource
-
-        assert nofile is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        # preexec_fn only calls setrlimit, which takes no lock that another thread could hold.
-        preexec = None if nofile is None else lower_nofile
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, preexec_fn=preexec)  # noqa: PLW1509
-    try:
-        wait_for(
-            lambda: "listening on" in out.read_text() or process.poll() is not None,
-            timeout=20,
-            what="the proxy's listening line",
-        )
-        match = re.search(r"listening on (http://\S+)", out.read_text())
-        assert match, f"no listening line; stderr: {err.read_text()}"
-        yield process, match.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the proxy's memory from /proc")

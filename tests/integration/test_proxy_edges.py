@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from test_proxy import lowered, proxied, proxy_process, serving, wait_for
+from servers import proxy_process, serving, wait_for
+from test_proxy import lowered, proxied
 
 from lbclient.__main__ import main
 from lbclient.proxy import make_app

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import trustme
+from servers import proxy_process, wait_for
 
 from lbclient import HealthCheck, Host, LBClient
 from lbclient.proxy import make_app
@@ -172,3 +174,20 @@ async def test_the_proxys_health_and_upstreams_share_the_tls_settings(
         await eventually(lambda: all(b.count("GET", "/health") >= 2 for b in backends), what="checks")
         assert (await caller.get("/health")).status_code == 200
         assert (await caller.get("/x")).status_code == 200
+
+
+def test_the_proxy_command_verifies_https_hosts_by_name(
+    tmp_path: Path, ca: trustme.CA, https_backends: Callable[..., list[Backend]]
+) -> None:
+    """``lbclient proxy --ca-file --sni-hostname --health-check``: checks and requests alike pass."""
+    backends = https_backends(2)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    hosts = [b.url for b in backends]
+    args = ("--hosts", *hosts, "--ca-file", str(ca_file), "--sni-hostname", NAME, "--health-check")
+    with proxy_process(tmp_path, *args) as (_process, url):
+        wait_for(lambda: all(b.count("GET", "/health") >= 1 for b in backends), what="a check of each host")
+        with httpx.Client(base_url=url) as caller:
+            assert caller.get("/health").status_code == 200
+            assert {caller.get("/x").json()["id"] for _ in range(4)} == {"a", "b"}
+    assert sum(b.tls_failures for b in backends) == 0
