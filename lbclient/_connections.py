@@ -127,7 +127,8 @@ class _TrackedStream(httpcore.NetworkStream):
         try:
             self._stream = self._stream.start_tls(ssl_context, server_hostname, timeout)
         except BaseException:
-            self._registry.forget(self)  # the stream closed itself
+            self._registry.forget(self)
+            self._stream.close()  # httpcore closes it on errors, not when interrupted: closing again is harmless
             raise
         return self
 
@@ -168,7 +169,11 @@ class _AsyncTrackedStream(httpcore.AsyncNetworkStream):
         try:
             self._stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
         except BaseException:
+            # httpcore closes the stream when the handshake fails, but not when the task is cancelled in
+            # it (a health check stopped by close()): its socket would be left open. Closing is idempotent.
             self._registry.forget(self)
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
             raise
         return self
 

@@ -11,6 +11,7 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,18 +180,24 @@ class _FullBacklog:
                 filler.connect(("127.0.0.1", self.port))
             self.fillers.append(filler)
 
-    def received(self) -> list[bytes]:
-        self.listener.settimeout(0.5)
+    def received(self, until: Callable[[], bool]) -> list[bytes]:
+        """Accept every queued connection (the queued connects then complete) until ``until()`` is true,
+        and return what each sent."""
+        self.listener.settimeout(0.05)
         got: list[bytes] = []
-        with contextlib.suppress(TimeoutError):
-            while True:
+        deadline = time.monotonic() + 20
+        while not until():
+            assert time.monotonic() < deadline, "the client never finished"
+            try:
                 conn, _ = self.listener.accept()
-                with conn:
-                    conn.settimeout(0.2)
-                    try:
-                        got.append(conn.recv(65536))
-                    except TimeoutError:
-                        got.append(b"")
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.2)
+                try:
+                    got.append(conn.recv(65536))
+                except TimeoutError:
+                    got.append(b"")
         return got
 
     def close(self) -> None:
@@ -217,14 +224,13 @@ async def test_a_post_still_connecting_when_close_begins_is_never_sent(flavor: F
                 await eventually(lambda: client.pool.hosts[0].outstanding == 1, what="the POST connecting")
                 await client.aclose()
                 # Accept the queued connection now: its connect completes, after the close began.
-                accepted = await anyio.to_thread.run_sync(server.received)
+                accepted = await anyio.to_thread.run_sync(server.received, lambda: bool(outcome))
         else:
             thread = threading.Thread(target=lambda: outcome.append(_post(client)))
             thread.start()
             await eventually(lambda: client.pool.hosts[0].outstanding == 1, what="the POST connecting")
             client.close()
-            accepted = server.received()
-            thread.join(15)
+            accepted = server.received(lambda: not thread.is_alive())
         assert len(outcome) == 1
         assert isinstance(outcome[0], ClientClosedError), outcome
         assert all(data == b"" for data in accepted), accepted  # not one byte of the POST was sent
