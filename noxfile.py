@@ -1,4 +1,4 @@
-"""Project tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``, ``bench``."""
+"""Project tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[typecheck]")
     session.run("mypy", "lbclient")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site into ``site/``; ``--strict`` fails on a broken link or a docstring mkdocstrings
+    cannot render. ``nox -s docs -- serve`` serves it on 127.0.0.1:8000 instead."""
+    session.install("-e", ".[docs]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -1,8 +1,10 @@
 """lbclient: a client-side load balancer for httpx.
 
+```pycon
 >>> from lbclient import LBClient
 >>> with LBClient(hosts=["127.0.0.1:8001", "127.0.0.1:8002"]) as client:   # doctest: +SKIP
 ...     client.get("/api/data")
+```
 """
 
 from ._client import AsyncLBClient, LBClient

@@ -1,8 +1,10 @@
 """OpenTelemetry metrics for a balancing client or transport (optional extra ``otel``: the
 ``opentelemetry-api`` package only; whichever SDK the application configures receives them).
 
+```pycon
 >>> from lbclient.otel import instrument
 >>> instrument(client)  # doctest: +SKIP
+```
 
 Every instrument is observed from :meth:`lbclient.Pool.stats` when the SDK collects, so requests pay
 nothing for them. Attributes: ``lb.service`` and ``lb.host`` (the host's base URL).
