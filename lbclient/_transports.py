@@ -172,7 +172,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
 
     ``retries`` (attempts in all, or a :class:`RetryPolicy`; 3 by default), ``outlier_detection`` (on by
     default), ``health_check`` (off by default; active checks run on a background thread),
-    ``panic_threshold`` and ``slow_start`` (seconds) are described in the README. ``max_in_flight`` (an
+    ``panic_threshold`` and ``slow_start`` (seconds) are described in the docs (Resilience). ``max_in_flight`` (an
     int >= 1, or None for no cap) is the most requests in flight to one host, for hosts that set none of
     their own: a host at its cap is skipped, and when every available host is, a request fails at once
     with :class:`NoAvailableHostError` saying so. ``on_event`` is called
