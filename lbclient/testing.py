@@ -11,8 +11,10 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
 Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
 body of N lines), ``/redirect?to=PATH`` (302), ``/set-cookie?name=N&value=V``, ``/bytes?n=N`` (N
 bytes 0, 1, ... 255, 0, ... with a Content-Length, written in 64 KiB pieces), ``/sink`` (reads the request
-body without keeping it and answers ``{"id": ..., "received": LENGTH}``) and ``/headers?Name=value&...``
-(an empty answer with these response headers).
+body without keeping it and answers ``{"id": ..., "received": LENGTH}``), ``/headers?Name=value&...``
+(an empty answer with these response headers) and ``POST .../chat/completions`` (an OpenAI-compatible
+stand-in that answers ``"<name>: <last message>"``, as JSON or, with ``"stream": true``, as server-sent
+events; ``delay_per_chunk`` spaces the events), so SDKs can be tried against a real pool.
 
 With ``delay`` set, ``peak_concurrency`` is the most requests that waited out the delay at once.
 
@@ -183,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, retry_after = burst
             self._send(status, {"id": backend.name, "burst": True}, retry_after=retry_after)
             return
-        if not self._special(url.path, parse_qs(url.query), received):
+        if not self._special(url.path, parse_qs(url.query), received, body):
             payload = {
                 "id": backend.name,
                 "method": self.command,
@@ -195,10 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send(backend.status, payload)
 
-    def _special(self, path: str, query: dict[str, list[str]], received: int | None) -> bool:
+    def _special(self, path: str, query: dict[str, list[str]], received: int | None, body: bytes) -> bool:
         """Answer the special paths (True), or leave the request to the echo (False)."""
         backend = self.server.backend
-        if path == "/stream":
+        if path.endswith("/chat/completions") and self.command == "POST":
+            self._chat_completion(body)
+        elif path == "/stream":
             self._stream(query)
         elif path == "/bytes":
             self._bytes(int(query.get("n", ["0"])[0]))
@@ -283,6 +287,51 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
         self.wfile.write(b"0\r\n\r\n")
 
+    def _chat_completion(self, body: bytes) -> None:
+        """An OpenAI-compatible chat completion: the answer is ``"<name>: <last message>"``, as one JSON
+        object, or with ``"stream": true`` as server-sent events (one chunk a word, then ``[DONE]``)."""
+        backend = self.server.backend
+        try:
+            asked = json.loads(body or b"{}")
+            messages = asked.get("messages") or [{}]
+            model, stream, last = str(asked.get("model", "")), bool(asked.get("stream")), messages[-1]
+            content = f"{backend.name}: {last.get('content', '')}"
+        except (ValueError, AttributeError, TypeError, IndexError):
+            self._send(400, {"error": {"message": "the body is not a chat completion request", "type": "invalid"}})
+            return
+        with backend._counts_lock:
+            backend._completions += 1
+            serial = backend._completions
+        head = {"id": f"chatcmpl-{backend.name}-{serial}", "created": 0, "model": model}
+        if not stream:
+            message = {"role": "assistant", "content": content}
+            choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+            words = len(content.split())
+            usage = {"prompt_tokens": 1, "completion_tokens": words, "total_tokens": words + 1}
+            self._send(backend.status, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return
+        self.send_response(backend.status)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Backend-Id", backend.name)
+        self.end_headers()
+        pieces = [word + " " for word in content.split(" ")]
+        pieces[-1] = pieces[-1][:-1]
+        deltas: list[tuple[dict[str, str], str | None]] = [({"role": "assistant", "content": ""}, None)]
+        deltas += [({"content": piece}, None) for piece in pieces] + [({}, "stop")]
+        for delta, finish in deltas:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            event = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if backend.delay_per_chunk:
+                time.sleep(backend.delay_per_chunk)
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
     def _bytes(self, size: int) -> None:
         """``size`` bytes (0, 1, ... 255, 0, 1, ...) with a Content-Length, written in 64 KiB pieces."""
         self.send_response(self.server.backend.status)
@@ -338,6 +387,9 @@ class Backend:
         self.reset = reset
         self.drop = drop
         self.hang = hang
+        #: Seconds between the events of a streamed chat completion.
+        self.delay_per_chunk = 0.0
+        self._completions = 0
         self._burst: list[tuple[int, str | None]] = []
         self._health_answers = 0
         self._counts: Counter[tuple[str, str]] = Counter()
