@@ -1,4 +1,5 @@
-"""Real HTTP backends on loopback for tests, examples and the demo (standard library only).
+"""Real HTTP backends on loopback for tests, examples and the demo (``Backend``: standard library only),
+and clients for tests that mock HTTP with respx or pytest-httpx (``mock_client``, ``mock_async_client``).
 
 ``Backend`` is an HTTP/1.1 server in a background thread on ``127.0.0.1`` that answers every path with
 JSON naming itself, counts what arrived, and can be slowed, made to fail, killed and restarted::
@@ -56,10 +57,18 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Backend", "FakeClock"]
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from . import AsyncLBClient, HealthCheck, LBClient, OutlierDetection, Pool, RetryPolicy
+    from ._core import HostLike
+
+__all__ = ["MOCK_HOSTS", "Backend", "FakeClock", "mock_async_client", "mock_client"]
 
 _PIECE = 64 * 1024
 #: The bytes that ``/bytes`` answers: 0..255 repeated, so a reader can check every byte.
@@ -545,3 +554,132 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward."""
         self.now += seconds
+
+
+# -- clients for tests that mock HTTP ------------------------------------------------------------------------
+
+#: The hosts of :func:`mock_client`'s pool when none are given: ``.invalid`` names never resolve.
+MOCK_HOSTS = ("http://a.invalid", "http://b.invalid", "http://c.invalid")
+
+
+class _AsService(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Hands every request that the balancer pointed at one of the pool's hosts to ``transport`` with its
+    origin put back to ``http://<service>`` (and its ``Host`` header, unless the caller set one), so that
+    mocks see the URL the caller wrote; other requests pass unchanged. The picked host stays in the
+    response's ``extensions["lb_host"]``."""
+
+    def __init__(self, transport: httpx.BaseTransport | httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+        self._service = ""
+        self._pool: Pool | None = None
+
+    def attach(self, service: str, pool: Pool) -> None:
+        self._service, self._pool = service, pool
+
+    def _view(self, request: httpx.Request) -> httpx.Request:
+        url, pool = request.url, self._pool
+        origin = (url.scheme, url.host, url.port)
+        if pool is None or all(
+            (host.scheme, host.host, host.port) != origin for host in (httpx.URL(h.url) for h in pool.hosts)
+        ):
+            return request
+        headers = request.headers.copy()
+        if headers.get("host") == url.netloc.decode("ascii"):
+            headers["Host"] = self._service
+        return httpx.Request(
+            request.method,
+            url.copy_with(scheme="http", host=self._service, port=None),
+            headers=headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transport
+        if not isinstance(transport, httpx.BaseTransport):
+            raise TypeError(f"mock_client needs a sync transport, got {transport!r}: use mock_async_client")
+        return transport.handle_request(self._view(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transport
+        if not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(f"mock_async_client needs an async transport, got {transport!r}: use mock_client")
+        return await transport.handle_async_request(self._view(request))
+
+    def close(self) -> None:
+        if isinstance(self._transport, httpx.BaseTransport):
+            self._transport.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self._transport, httpx.AsyncBaseTransport):
+            await self._transport.aclose()
+
+
+def mock_client(
+    transport: httpx.BaseTransport | None = None,
+    *,
+    hosts: Iterable[HostLike] = MOCK_HOSTS,
+    service: str | None = None,
+    retries: int | RetryPolicy | None = 1,
+    outlier_detection: OutlierDetection | bool | None = False,
+    health_check: HealthCheck | bool | None = None,
+    **kwargs: Any,
+) -> LBClient:
+    """An :class:`~lbclient.LBClient` for tests that mock HTTP: routes on ``http://<service>/...`` match.
+
+    The balancer still picks a host for every request (``response.extensions["lb_host"]`` names it), but
+    the request reaches ``transport`` with the URL the caller wrote, ``http://<service>/path``, not the
+    host's. Without ``transport`` it goes to a plain ``httpx.HTTPTransport``, which ``respx.mock`` and
+    pytest-httpx's ``httpx_mock`` intercept; or pass ``httpx.MockTransport(handler)`` or
+    ``respx.MockTransport(router=...)``. So that a mock meets exactly the requests the test makes, the
+    defaults differ from :class:`~lbclient.LBClient`'s: one attempt (``retries=1``), no outlier detection
+    and no health checks; pass them to test your code's handling of retries. Every other keyword is
+    :class:`~lbclient.LBClient`'s (``base_url``, ``strategy``, ``timeout``, ...)::
+
+        with respx.mock:
+            respx.get("http://users/api/me").respond(json={"name": "alice"})
+            with mock_client(service="users") as client:
+                assert client.get("/api/me").json() == {"name": "alice"}
+    """
+    from ._client import LBClient
+
+    shim = _AsService(transport if transport is not None else httpx.HTTPTransport())
+    client = LBClient(
+        hosts,
+        service=service,
+        retries=retries,
+        outlier_detection=outlier_detection,
+        health_check=health_check,
+        transport=shim,
+        **kwargs,
+    )
+    shim.attach(client.service, client.pool)
+    return client
+
+
+def mock_async_client(
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    hosts: Iterable[HostLike] = MOCK_HOSTS,
+    service: str | None = None,
+    retries: int | RetryPolicy | None = 1,
+    outlier_detection: OutlierDetection | bool | None = False,
+    health_check: HealthCheck | bool | None = None,
+    **kwargs: Any,
+) -> AsyncLBClient:
+    """The :class:`~lbclient.AsyncLBClient` twin of :func:`mock_client` (a plain
+    ``httpx.AsyncHTTPTransport`` without ``transport``)."""
+    from ._client import AsyncLBClient
+
+    shim = _AsService(transport if transport is not None else httpx.AsyncHTTPTransport())
+    client = AsyncLBClient(
+        hosts,
+        service=service,
+        retries=retries,
+        outlier_detection=outlier_detection,
+        health_check=health_check,
+        transport=shim,
+        **kwargs,
+    )
+    shim.attach(client.service, client.pool)
+    return client
