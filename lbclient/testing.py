@@ -366,7 +366,8 @@ class Backend:
     ``retry_after`` (a ``Retry-After`` value sent with every answer of status 400 or more), ``reset``
     (start each answer, then reset the connection), ``drop`` (reset the connection instead of
     answering), ``hang`` (never answer), ``health_pattern``
-    (statuses that ``/health`` answers in turn, cycling; None: ``health_status``). ``fail_next()``
+    (statuses that ``/health`` answers in turn, cycling; None: ``health_status``) and
+    ``delay_per_chunk`` (seconds between the events of a streamed chat completion). ``fail_next()``
     makes a burst of failed answers.
     """
 
