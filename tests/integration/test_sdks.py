@@ -193,3 +193,19 @@ async def test_async_openai_on_httpx2_through_lbclient_httpx2_transports(
     async with httpx2.AsyncClient(mounts={"all://openai": pool}) as http:
         client = async_openai(http)
         check_spread(await run_async_calls(client, backends), backends)
+
+
+def test_an_event_hook_marks_the_sdks_posts_safe_to_resend(make_backends: MakeBackends) -> None:
+    """docs/sdks.md's hook: with the default policy, only the marked completions are resent after a reset."""
+    a, b = make_backends(2)
+    a.drop = True  # every request that reaches a is reset before any answer
+
+    def resend_completions(request: Any) -> None:
+        if request.url.path.endswith("/chat/completions"):
+            request.extensions["lb_idempotent"] = True
+
+    with LBClient([a.url], service="openai", event_hooks={"request": [resend_completions]}) as http:
+        http.pool.update([a.url, b.url])  # round robin: a first, then b
+        completion = sync_openai(http).chat.completions.create(model="stand-in", messages=MESSAGES)
+    assert answered_by(completion.choices[0].message.content) == "b"
+    assert (a.count("POST"), b.count("POST")) == (1, 1)
