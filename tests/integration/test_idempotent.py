@@ -117,3 +117,19 @@ async def test_a_post_marked_idempotent_is_hedged_like_a_get(anyio_backend: str,
         marked = await client.post("/x", extensions={"lb_idempotent": True})
         assert marked.json()["id"] == "b"
         assert (a.count("POST"), b.count("POST")) == (1, 1)
+
+
+def test_httpx2_requests_carry_the_mark_through_the_bridge(make_backends: MakeBackends) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    from lbclient.httpx2 import LoadBalancingTransport
+
+    a, b = make_backends(2)
+    a.drop = True
+    pool = LoadBalancingTransport([a.url], service="etcd")
+    pool.pool.update([a.url, b.url])
+    with httpx2.Client(mounts={"all://etcd": pool}) as client:
+        response = client.post("http://etcd/v3/kv/range", extensions={"lb_idempotent": True})
+        assert response.json()["id"] == "b"
+        with pytest.raises(TypeError, match="lb_idempotent"):
+            client.post("http://etcd/v3/kv/range", extensions={"lb_idempotent": "yes"})
+    assert (a.count("POST"), b.count("POST")) == (1, 1)
