@@ -74,6 +74,17 @@ def failure_kind(exc: BaseException) -> FailureKind | None:
     return None
 
 
+def request_idempotent(request: httpx.Request) -> bool | None:
+    """The request's own word on resending (``extensions={"lb_idempotent": True}`` or ``False``), or
+    None when it gives none and the method decides."""
+    value: object = request.extensions.get("lb_idempotent")
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(
+        f'extensions["lb_idempotent"] must be True or False, got {value!r} on {request.method} {request.url}'
+    )
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     """Seconds the server asked us to wait (``Retry-After`` on 429 and 503), if it did."""
     if response.status_code not in (429, 503):
@@ -297,6 +308,7 @@ class _Exchange:
         "_tried",
         "_seed",
         "_exhausted",
+        "_idempotent",
         "hedge_won",
     )
 
@@ -306,6 +318,7 @@ class _Exchange:
         self._url = request.url
         self._host_header: str | None = request.headers.get("host")
         self._key = balancer.key(request)
+        self._idempotent = request_idempotent(request)
         self._timeout: Any = request.extensions.get("timeout")
         self._timeout_changed = False
         self._own_sni = "sni_hostname" in request.extensions
@@ -342,8 +355,20 @@ class _Exchange:
                 clock=time.monotonic,
                 rng=self.balancer._rng,
                 budget=self.balancer.budget,
+                idempotent=self._idempotent,
             )
         return self._plan
+
+    def _may_resend(self, policy: RetryPolicy) -> bool:
+        """May this request be sent again once it may have reached a server? The request's
+        ``lb_idempotent`` decides when given; otherwise its method, its ``Idempotency-Key`` header or
+        ``policy.retry_non_idempotent``. The same answer as :class:`RetryPlan`'s, for hedging and buffering."""
+        if self._idempotent is not None:
+            return self._idempotent
+        request = self.request
+        return (
+            request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers or policy.retry_non_idempotent
+        )
 
     # -- one attempt -------------------------------------------------------------------------------------
 
@@ -424,12 +449,15 @@ class _Exchange:
     def hedge_delay(self) -> float | None:
         """Seconds to wait before hedging this request, or None when it is not hedged (no hedging
         configured, turned off with ``extensions={"lb_hedge": False}``, a request that may not be sent
-        twice, or not enough latency samples yet for a percentile delay)."""
+        twice (by its method, or ``lb_idempotent``), or not enough latency samples yet for a percentile delay)."""
         hedge = self.balancer.hedge
         request = self.request
         if hedge is None or request.extensions.get("lb_hedge", True) is False:
             return None
-        if request.method not in IDEMPOTENT_METHODS and "idempotency-key" not in request.headers:
+        idempotent = self._idempotent
+        if idempotent is None:
+            idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        if not idempotent:
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
@@ -464,9 +492,7 @@ class _Exchange:
         if self.attempts >= policy.max_attempts or not policy.buffer_limit or response.is_closed:
             return False
         request = self.request
-        if not (
-            request.method in IDEMPOTENT_METHODS or policy.retry_non_idempotent or "idempotency-key" in request.headers
-        ):
+        if not self._may_resend(policy):
             return False
         length: str | None = response.headers.get("content-length")
         return (

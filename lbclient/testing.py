@@ -1,4 +1,5 @@
-"""Real HTTP backends on loopback for tests, examples and the demo (standard library only).
+"""Real HTTP backends on loopback for tests, examples and the demo (``Backend``: standard library only),
+and clients for tests that mock HTTP with respx or pytest-httpx (``mock_client``, ``mock_async_client``).
 
 ``Backend`` is an HTTP/1.1 server in a background thread on ``127.0.0.1`` that answers every path with
 JSON naming itself, counts what arrived, and can be slowed, made to fail, killed and restarted::
@@ -11,8 +12,10 @@ JSON naming itself, counts what arrived, and can be slowed, made to fail, killed
 Special paths: ``/health`` (200, or ``health_status``), ``/stream?chunks=N&delay=S`` (a chunked
 body of N lines), ``/redirect?to=PATH`` (302), ``/set-cookie?name=N&value=V``, ``/bytes?n=N`` (N
 bytes 0, 1, ... 255, 0, ... with a Content-Length, written in 64 KiB pieces), ``/sink`` (reads the request
-body without keeping it and answers ``{"id": ..., "received": LENGTH}``) and ``/headers?Name=value&...``
-(an empty answer with these response headers).
+body without keeping it and answers ``{"id": ..., "received": LENGTH}``), ``/headers?Name=value&...``
+(an empty answer with these response headers) and ``POST .../chat/completions`` (an OpenAI-compatible
+stand-in that answers ``"<name>: <last message>"``, as JSON or, with ``"stream": true``, as server-sent
+events; ``delay_per_chunk`` spaces the events), so SDKs can be tried against a real pool.
 
 With ``delay`` set, ``peak_concurrency`` is the most requests that waited out the delay at once.
 
@@ -54,10 +57,18 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Backend", "FakeClock"]
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from . import AsyncLBClient, HealthCheck, LBClient, OutlierDetection, Pool, RetryPolicy
+    from ._core import HostLike
+
+__all__ = ["MOCK_HOSTS", "Backend", "FakeClock", "mock_async_client", "mock_client"]
 
 _PIECE = 64 * 1024
 #: The bytes that ``/bytes`` answers: 0..255 repeated, so a reader can check every byte.
@@ -183,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, retry_after = burst
             self._send(status, {"id": backend.name, "burst": True}, retry_after=retry_after)
             return
-        if not self._special(url.path, parse_qs(url.query), received):
+        if not self._special(url.path, parse_qs(url.query), received, body):
             payload = {
                 "id": backend.name,
                 "method": self.command,
@@ -195,10 +206,12 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send(backend.status, payload)
 
-    def _special(self, path: str, query: dict[str, list[str]], received: int | None) -> bool:
+    def _special(self, path: str, query: dict[str, list[str]], received: int | None, body: bytes) -> bool:
         """Answer the special paths (True), or leave the request to the echo (False)."""
         backend = self.server.backend
-        if path == "/stream":
+        if path.endswith("/chat/completions") and self.command == "POST":
+            self._chat_completion(body)
+        elif path == "/stream":
             self._stream(query)
         elif path == "/bytes":
             self._bytes(int(query.get("n", ["0"])[0]))
@@ -283,6 +296,51 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
         self.wfile.write(b"0\r\n\r\n")
 
+    def _chat_completion(self, body: bytes) -> None:
+        """An OpenAI-compatible chat completion: the answer is ``"<name>: <last message>"``, as one JSON
+        object, or with ``"stream": true`` as server-sent events (one chunk a word, then ``[DONE]``)."""
+        backend = self.server.backend
+        try:
+            asked = json.loads(body or b"{}")
+            messages = asked.get("messages") or [{}]
+            model, stream, last = str(asked.get("model", "")), bool(asked.get("stream")), messages[-1]
+            content = f"{backend.name}: {last.get('content', '')}"
+        except (ValueError, AttributeError, TypeError, IndexError):
+            self._send(400, {"error": {"message": "the body is not a chat completion request", "type": "invalid"}})
+            return
+        with backend._counts_lock:
+            backend._completions += 1
+            serial = backend._completions
+        head = {"id": f"chatcmpl-{backend.name}-{serial}", "created": 0, "model": model}
+        if not stream:
+            message = {"role": "assistant", "content": content}
+            choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+            words = len(content.split())
+            usage = {"prompt_tokens": 1, "completion_tokens": words, "total_tokens": words + 1}
+            self._send(backend.status, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return
+        self.send_response(backend.status)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Backend-Id", backend.name)
+        self.end_headers()
+        pieces = [word + " " for word in content.split(" ")]
+        pieces[-1] = pieces[-1][:-1]
+        deltas: list[tuple[dict[str, str], str | None]] = [({"role": "assistant", "content": ""}, None)]
+        deltas += [({"content": piece}, None) for piece in pieces] + [({}, "stop")]
+        for delta, finish in deltas:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            event = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if backend.delay_per_chunk:
+                time.sleep(backend.delay_per_chunk)
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
     def _bytes(self, size: int) -> None:
         """``size`` bytes (0, 1, ... 255, 0, 1, ...) with a Content-Length, written in 64 KiB pieces."""
         self.send_response(self.server.backend.status)
@@ -308,7 +366,8 @@ class Backend:
     ``retry_after`` (a ``Retry-After`` value sent with every answer of status 400 or more), ``reset``
     (start each answer, then reset the connection), ``drop`` (reset the connection instead of
     answering), ``hang`` (never answer), ``health_pattern``
-    (statuses that ``/health`` answers in turn, cycling; None: ``health_status``). ``fail_next()``
+    (statuses that ``/health`` answers in turn, cycling; None: ``health_status``) and
+    ``delay_per_chunk`` (seconds between the events of a streamed chat completion). ``fail_next()``
     makes a burst of failed answers.
     """
 
@@ -338,6 +397,9 @@ class Backend:
         self.reset = reset
         self.drop = drop
         self.hang = hang
+        #: Seconds between the events of a streamed chat completion.
+        self.delay_per_chunk = 0.0
+        self._completions = 0
         self._burst: list[tuple[int, str | None]] = []
         self._health_answers = 0
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -493,3 +555,132 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward."""
         self.now += seconds
+
+
+# -- clients for tests that mock HTTP ------------------------------------------------------------------------
+
+#: The hosts of :func:`mock_client`'s pool when none are given: ``.invalid`` names never resolve.
+MOCK_HOSTS = ("http://a.invalid", "http://b.invalid", "http://c.invalid")
+
+
+class _AsService(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Hands every request that the balancer pointed at one of the pool's hosts to ``transport`` with its
+    origin put back to ``http://<service>`` (and its ``Host`` header, unless the caller set one), so that
+    mocks see the URL the caller wrote; other requests pass unchanged. The picked host stays in the
+    response's ``extensions["lb_host"]``."""
+
+    def __init__(self, transport: httpx.BaseTransport | httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+        self._service = ""
+        self._pool: Pool | None = None
+
+    def attach(self, service: str, pool: Pool) -> None:
+        self._service, self._pool = service, pool
+
+    def _view(self, request: httpx.Request) -> httpx.Request:
+        url, pool = request.url, self._pool
+        origin = (url.scheme, url.host, url.port)
+        if pool is None or all(
+            (host.scheme, host.host, host.port) != origin for host in (httpx.URL(h.url) for h in pool.hosts)
+        ):
+            return request
+        headers = request.headers.copy()
+        if headers.get("host") == url.netloc.decode("ascii"):
+            headers["Host"] = self._service
+        return httpx.Request(
+            request.method,
+            url.copy_with(scheme="http", host=self._service, port=None),
+            headers=headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transport
+        if not isinstance(transport, httpx.BaseTransport):
+            raise TypeError(f"mock_client needs a sync transport, got {transport!r}: use mock_async_client")
+        return transport.handle_request(self._view(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transport
+        if not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(f"mock_async_client needs an async transport, got {transport!r}: use mock_client")
+        return await transport.handle_async_request(self._view(request))
+
+    def close(self) -> None:
+        if isinstance(self._transport, httpx.BaseTransport):
+            self._transport.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self._transport, httpx.AsyncBaseTransport):
+            await self._transport.aclose()
+
+
+def mock_client(
+    transport: httpx.BaseTransport | None = None,
+    *,
+    hosts: Iterable[HostLike] = MOCK_HOSTS,
+    service: str | None = None,
+    retries: int | RetryPolicy | None = 1,
+    outlier_detection: OutlierDetection | bool | None = False,
+    health_check: HealthCheck | bool | None = None,
+    **kwargs: Any,
+) -> LBClient:
+    """An :class:`~lbclient.LBClient` for tests that mock HTTP: routes on ``http://<service>/...`` match.
+
+    The balancer still picks a host for every request (``response.extensions["lb_host"]`` names it), but
+    the request reaches ``transport`` with the URL the caller wrote, ``http://<service>/path``, not the
+    host's. Without ``transport`` it goes to a plain ``httpx.HTTPTransport``, which ``respx.mock`` and
+    pytest-httpx's ``httpx_mock`` intercept; or pass ``httpx.MockTransport(handler)`` or
+    ``respx.MockTransport(router=...)``. So that a mock meets exactly the requests the test makes, the
+    defaults differ from :class:`~lbclient.LBClient`'s: one attempt (``retries=1``), no outlier detection
+    and no health checks; pass them to test your code's handling of retries. Every other keyword is
+    :class:`~lbclient.LBClient`'s (``base_url``, ``strategy``, ``timeout``, ...)::
+
+        with respx.mock:
+            respx.get("http://users/api/me").respond(json={"name": "alice"})
+            with mock_client(service="users") as client:
+                assert client.get("/api/me").json() == {"name": "alice"}
+    """
+    from ._client import LBClient
+
+    shim = _AsService(transport if transport is not None else httpx.HTTPTransport())
+    client = LBClient(
+        hosts,
+        service=service,
+        retries=retries,
+        outlier_detection=outlier_detection,
+        health_check=health_check,
+        transport=shim,
+        **kwargs,
+    )
+    shim.attach(client.service, client.pool)
+    return client
+
+
+def mock_async_client(
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    hosts: Iterable[HostLike] = MOCK_HOSTS,
+    service: str | None = None,
+    retries: int | RetryPolicy | None = 1,
+    outlier_detection: OutlierDetection | bool | None = False,
+    health_check: HealthCheck | bool | None = None,
+    **kwargs: Any,
+) -> AsyncLBClient:
+    """The :class:`~lbclient.AsyncLBClient` twin of :func:`mock_client` (a plain
+    ``httpx.AsyncHTTPTransport`` without ``transport``)."""
+    from ._client import AsyncLBClient
+
+    shim = _AsService(transport if transport is not None else httpx.AsyncHTTPTransport())
+    client = AsyncLBClient(
+        hosts,
+        service=service,
+        retries=retries,
+        outlier_detection=outlier_detection,
+        health_check=health_check,
+        transport=shim,
+        **kwargs,
+    )
+    shim.attach(client.service, client.pool)
+    return client

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+#: The examples import this checkout's lbclient, not whichever one is installed.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 EXPECTED = {
     "sync_client.py": ["/v1/api/data", "bypass: c"],
@@ -20,6 +24,7 @@ EXPECTED = {
     "prometheus_metrics.py": ['lbclient_ejections_total{service="users"', "} 1\n"],
     "fastapi_service.py": ["alice {'user': 'users-", "'orders': 'orders-"],
     "tcp_proxy.py": ["open connections: {'db-1': 2, 'db-2': 2}", "after db-2 died: ['db-1', 'db-1', 'db-1', 'db-1']"],
+    "openai_sdk.py": ["failed calls: 0\n", "streamed: hello there", "httpx2 answered by a pool host: True"],
     "httpx2_client.py": ["answered by: ['a', 'a', 'b', 'b']", "httpx2's: True lb_host: True", "answered by: {'a'}"],
 }
 
@@ -31,7 +36,12 @@ def test_every_example_is_covered() -> None:
 @pytest.mark.parametrize(("script", "args"), [(name, []) for name in EXPECTED] + [("async_client.py", ["trio"])])
 def test_example_runs(script: str, args: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=ENV,
     )
     assert done.returncode == 0, done.stderr
     for text in EXPECTED[script]:

@@ -84,11 +84,17 @@ class RetryPlan:
         clock: Callable[[], float],
         rng: random.Random,
         budget: RetryBudget,
+        idempotent: bool | None = None,
     ) -> None:
         self.policy = policy
-        idempotent = method.upper() in IDEMPOTENT_METHODS or idempotency_key
-        #: May a request that possibly reached the server be sent again?
-        self._may_resend = replayable and (idempotent or policy.retry_non_idempotent)
+        #: May a request that possibly reached the server be sent again? ``idempotent`` is the request's
+        #: own word (``lb_idempotent``): True resends it as a GET would be, False never, whatever the
+        #: method or the policy; None leaves it to the method and the ``Idempotency-Key`` header.
+        if idempotent is None:
+            may_resend = method.upper() in IDEMPOTENT_METHODS or idempotency_key or policy.retry_non_idempotent
+        else:
+            may_resend = idempotent
+        self._may_resend = replayable and may_resend
         self._deadline = deadline
         self._clock = clock
         self._rng = rng

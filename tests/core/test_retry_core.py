@@ -34,6 +34,7 @@ def make_plan(
     clock: Any = None,
     seed: int = 0,
     budget: RetryBudget | None = None,
+    idempotent: bool | None = None,
 ) -> RetryPlan:
     clock = clock or FakeClock(100.0)
     return RetryPlan(
@@ -45,6 +46,7 @@ def make_plan(
         clock=clock,
         rng=random.Random(seed),
         budget=budget or unlimited_budget(clock),
+        idempotent=idempotent,
     )
 
 
@@ -83,6 +85,23 @@ def test_idempotency_key_or_policy_allows_resending(method: str) -> None:
     assert make_plan(method, RetryPolicy(retry_non_idempotent=True)).retry_failure("sent")
     assert make_plan(method, key=True).retry_status(503, None)
     assert make_plan(method, RetryPolicy(retry_non_idempotent=True)).retry_status(502, None)
+
+
+@pytest.mark.parametrize("method", [*IDEMPOTENT, *NON_IDEMPOTENT])
+@pytest.mark.parametrize("anyway", [False, True])
+def test_the_requests_own_word_wins_over_method_key_and_policy(method: str, anyway: bool) -> None:
+    """``lb_idempotent``: True resends any method as a GET would be; False resends none once it may have
+    reached a server, not even with an Idempotency-Key or ``retry_non_idempotent``; a connect failure is
+    retried either way."""
+    policy = RetryPolicy(retry_non_idempotent=anyway)
+    safe = make_plan(method, policy, idempotent=True)
+    assert safe.retry_failure("sent")
+    assert safe.retry_status(503, None)
+    unsafe = make_plan(method, policy, key=True, idempotent=False)
+    assert not unsafe.retry_failure("sent")
+    assert not unsafe.retry_status(503, None)
+    assert unsafe.retry_failure("connect")
+    assert not make_plan(method, policy, replayable=False, idempotent=True).retry_failure("sent")
 
 
 @pytest.mark.parametrize("method", [*IDEMPOTENT, *NON_IDEMPOTENT])
