@@ -1,8 +1,9 @@
-"""Project tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``demo``, ``bench``."""
+"""Project tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``compat``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 
 import nox
@@ -19,6 +20,26 @@ def tests(session: nox.Session) -> None:
     session.run("bash", "scripts/install-test-deps.sh", external=True)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """httpx's own client tests (``tests/client`` of the installed httpx's sdist) run through LBClient and
+    AsyncLBClient, then through a mounted balancing transport. The differences are listed, each with its
+    reason, in ``compat/expected.toml``; any other one fails. Extra arguments go to pytest."""
+    session.install("-e", ".[test]")
+    fetched = session.run("python", "scripts/fetch-httpx-tests.py", silent=True)
+    assert isinstance(fetched, str)
+    folder = fetched.strip().splitlines()[-1]
+    env = {"PYTHONPATH": str(pathlib.Path("compat").resolve())}
+    with session.chdir(folder):
+        for mode in ("client", "transport"):
+            session.run(
+                *("python", "-m", "pytest", "tests/client", "-p", "lbclient_compat", f"--lb-mode={mode}"),
+                *("-m", "not network", "-p", "no:cacheprovider", "--timeout=60", "-q"),
+                *session.posargs,
+                env=env,
+            )
 
 
 @nox.session(python=PYTHON)

@@ -36,7 +36,7 @@ from ._core import (
     WeightedRoundRobin,
 )
 from ._discovery import Discovery, DiscoveryError, DNSDiscovery, FileDiscovery, Resolution
-from ._exceptions import ClientClosedError, NoAvailableHostError
+from ._exceptions import ClientClosedError, NoAvailableHostError, NotInPoolError
 from ._transports import DEFAULT_SERVICE, AsyncLoadBalancingTransport, LoadBalancingTransport
 
 __version__ = "0.1.0"
@@ -63,6 +63,7 @@ __all__ = [
     "LeastResponseTime",
     "LoadBalancingTransport",
     "NoAvailableHostError",
+    "NotInPoolError",
     "OutlierDetection",
     "PeakEwma",
     "Pool",

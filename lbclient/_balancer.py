@@ -22,10 +22,10 @@ from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
 from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetection, RetryPolicy
 from ._core._retry import FailureKind, RetryBudget, RetryPlan
 from ._discovery import Discovery, Refresher
-from ._exceptions import ClientClosedError, NoAvailableHostError
+from ._exceptions import ClientClosedError, NoAvailableHostError, NotInPoolError
 from ._health import HTTPHealthChecks
 
-__all__ = ["logger"]
+__all__ = ["check_service", "logger"]
 
 #: Ejections, returns, health changes, panic and retries are logged here, with the host and the reason.
 logger = logging.getLogger("lbclient")
@@ -51,17 +51,30 @@ def _client_ip(request: httpx.Request) -> str | None:
     return real_ip or None
 
 
-def _check_service(service: object) -> str:
+def check_service(service: object) -> tuple[str, str, int | None]:
+    """The pool's origin from ``service``: a host name (``"users"``: ``http://users``), or an origin
+    URL (``"https://users:8443"``): (host, scheme, port, None for the scheme's default)."""
+    if isinstance(service, str) and "://" in service:
+        try:
+            url = httpx.URL(service)
+        except httpx.InvalidURL:
+            url = None
+        if url is not None and url.host and url.raw_path in (b"", b"/") and not url.userinfo and not url.fragment:
+            return url.host, url.scheme, url.port
+        raise ValueError(
+            f"service must be a host name such as 'users' or an origin such as 'https://users', got {service!r}"
+        )
     valid = isinstance(service, str) and service.strip() == service and service != ""
     if valid:
         assert isinstance(service, str)
         try:
-            valid = httpx.URL(f"http://{service}/").host == service.lower()
+            url = httpx.URL(f"http://{service}/")
+            valid = url.host == service.lower() and url.port is None
         except httpx.InvalidURL:
             valid = False
     if not valid:
         raise ValueError(f"service must be a host name such as 'users', got {service!r}")
-    return str(service).lower()
+    return str(service).lower(), "http", None
 
 
 def failure_kind(exc: BaseException) -> FailureKind | None:
@@ -179,6 +192,9 @@ class _Balancer:
     __slots__ = (
         "pool",
         "service",
+        "scheme",
+        "port",
+        "bypass",
         "retries",
         "health_check",
         "hedge",
@@ -205,8 +221,13 @@ class _Balancer:
         hedge: Hedge | float | bool | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
         max_in_flight: int | None = None,
+        bypass: bool = True,
     ) -> None:
-        self.service = _check_service(service)
+        self.service, self.scheme, self.port = check_service(service)
+        if not isinstance(bypass, bool):
+            raise ValueError(f"bypass must be True or False, got {bypass!r}")
+        #: False: a request that is not the pool's raises :class:`NotInPoolError` instead of going out.
+        self.bypass = bypass
         self.retries = RetryPolicy.coerce(retries)
         self.health_check = HealthCheck.coerce(health_check)
         self.hedge = Hedge.coerce(hedge)
@@ -240,9 +261,32 @@ class _Balancer:
             refresher.connections = connections
             self.chores.append(refresher)
 
+    @property
+    def origin(self) -> str:
+        """The pool's own origin, as pool requests name it: ``http://users``."""
+        return f"{self.scheme}://{self.service}" + ("" if self.port is None else f":{self.port}")
+
     def owns(self, request: httpx.Request) -> bool:
-        """A pool request names the service as its host; anything else passes through."""
-        return request.url.host == self.service
+        """A pool request names the pool's origin (scheme, service name and port); any other request
+        passes through, or raises :class:`NotInPoolError` with ``bypass=False``. A request that names the
+        service with another scheme or port always raises: the hosts give scheme and port, so sending
+        it to one of them would go somewhere it does not name, and sending it as is would leave the pool
+        for whatever that name resolves to."""
+        url = request.url
+        if url.host == self.service:
+            if url.scheme == self.scheme and url.port == self.port:
+                return True
+            raise NotInPoolError(
+                f"{url} names the pool's service {self.service!r} with another scheme or port than the "
+                f"pool's {self.origin}: the hosts give scheme and port; use a relative URL or {self.origin}/...",
+                request=request,
+            )
+        if not self.bypass:
+            raise NotInPoolError(
+                f"{url} is not a request for the pool {self.origin} and bypass=False keeps every request in the pool",
+                request=request,
+            )
+        return False
 
     def key(self, request: httpx.Request) -> str | None:
         key: object = request.extensions.get("lb_key")
@@ -299,6 +343,7 @@ class _Exchange:
         "previous",
         "_url",
         "_host_header",
+        "_own_host",
         "_key",
         "_timeout",
         "_timeout_changed",
@@ -317,6 +362,9 @@ class _Exchange:
         self.request = request
         self._url = request.url
         self._host_header: str | None = request.headers.get("host")
+        # httpx sets Host to the URL's netloc when none is given: any other value was given explicitly,
+        # on the request or the client, and is sent as given.
+        self._own_host = self._host_header is not None and self._host_header != request.url.netloc.decode("ascii")
         self._key = balancer.key(request)
         self._idempotent = request_idempotent(request)
         self._timeout: Any = request.extensions.get("timeout")
@@ -400,7 +448,7 @@ class _Exchange:
         self._tried.append(lease.host)
         request = request or self.request
         try:
-            connections.target(lease.host).point(request, self._url, own_sni=self._own_sni)
+            connections.target(lease.host).point(request, self._url, own_sni=self._own_sni, own_host=self._own_host)
         except BaseException:
             lease.abandon()
             raise

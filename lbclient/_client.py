@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from . import _urls
+from ._balancer import check_service
 from ._core import (
     DEFAULT_PANIC_THRESHOLD,
     HealthCheck,
@@ -35,31 +36,39 @@ _TRANSPORT_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits"
 
 
 def _service_and_base_url(service: str | None, base_url: httpx.URL | str | None) -> tuple[str, str]:
-    """The service name and the client's base URL. A ``base_url`` with a host names the service
-    (``base_url="http://users/api"`` is service ``users`` with ``/api`` in front of every path); one
+    """The pool's origin (``service=`` of the transports) and the client's base URL.
+
+    A ``base_url`` with a host names the service and the pool's origin: ``base_url="http://users/api"``
+    is service ``users`` with ``/api`` in front of every path; ``base_url="https://www.example.com:8443/"``
+    makes ``https://www.example.com:8443`` the pool's origin. Its scheme and port only say which URLs are
+    the pool's: the hosts still give the scheme and port each request is sent with. A ``base_url``
     without a host is only a path under the service."""
-    if base_url is None:
+    if base_url is None or base_url == "":
         name = DEFAULT_SERVICE if service is None else service
-        return name, f"http://{name}"
+        return name, name if "://" in name else f"http://{name}"
     url = httpx.URL(base_url)
     if url.host:
-        if service is not None and service.lower() != url.host:
+        if service is not None and check_service(service)[0] != url.host:
             raise ValueError(f"base_url {str(base_url)!r} names host {url.host!r} but service is {service!r}")
-        if url.port is not None or url.scheme != "http":
-            raise ValueError(
-                f"base_url {str(base_url)!r} must be http://SERVICE[/path]: the hosts give scheme and port"
-            )
-        return url.host, str(url)
+        return f"{url.scheme}://{url.netloc.decode('ascii')}", str(base_url)
     name = DEFAULT_SERVICE if service is None else service
-    return name, f"http://{name}{url.raw_path.decode('ascii')}"
+    origin = name if "://" in name else f"http://{name}"
+    return name, origin.rstrip("/") + url.raw_path.decode("ascii")
 
 
-def _client_kwargs(kwargs: dict[str, Any], service: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Split the httpx keywords: (service name, keywords for the inner transport, keywords for httpx)."""
-    name, base_url = _service_and_base_url(service, kwargs.pop("base_url", None))
+def _client_kwargs(kwargs: dict[str, Any], service: str | None) -> tuple[str, dict[str, Any], dict[str, Any], bool]:
+    """Split the httpx keywords: (the pool's origin, keywords for the inner transport, keywords for httpx,
+    whether the caller gave a base_url)."""
+    given = kwargs.pop("base_url", None)
+    name, base_url = _service_and_base_url(service, given)
     inner = {key: kwargs[key] for key in _TRANSPORT_KEYWORDS if key in kwargs}
     kwargs["base_url"] = base_url
-    return name, inner, kwargs
+    return name, inner, kwargs, given not in (None, "")
+
+
+def _mount_key(service: str) -> str:
+    """The mount pattern for every request that names ``service``, whatever its scheme and port."""
+    return f"all://[{service}]" if ":" in service else f"all://{service}"
 
 
 class _PoolClient:
@@ -67,6 +76,10 @@ class _PoolClient:
 
     base_url: httpx.URL
     _balancer: LoadBalancingTransport | AsyncLoadBalancingTransport
+    #: The caller gave a base_url (else relative URLs that are not plain paths are left as httpx leaves them).
+    _own_base_url: bool
+    #: The caller gave ``transport=`` (then httpx reads no proxies from the environment), or ``bypass=False``.
+    _no_env_proxies: bool
 
     @property
     def pool(self) -> Pool:
@@ -78,12 +91,35 @@ class _PoolClient:
         """The host name that marks this client's pool requests (``lbclient.invalid`` unless named)."""
         return self._balancer.service
 
+    @property
+    def bypass(self) -> bool:
+        """False: a request that is not the pool's raises :class:`NotInPoolError` instead of going out."""
+        return self._balancer.bypass
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> Any:
+        # httpx builds its default transport here; ours is the balancer. httpx is given no transport=,
+        # so that it builds its proxy mounts (proxy=, and the environment's when trust_env) as it does
+        # for a client of its own.
+        return self._balancer
+
+    def _get_proxy_map(self, proxy: Any, allow_env_proxies: bool) -> Any:
+        if not self._balancer.bypass:
+            return {}  # nothing leaves the pool: no proxy mount may take a request that is not the pool's
+        return super()._get_proxy_map(proxy, allow_env_proxies and not self._no_env_proxies)  # type: ignore[misc]
+
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         # httpx merges a relative URL onto base_url with copy_with, which parses the URL a second
         # time; every pool request pays it, so merge the parsed parts instead (same result).
         merged = httpx.URL(url)
         if not merged.is_relative_url:
             return merged
+        if merged.scheme or merged.host:
+            # "http://", "://example.org", "//other.host/x": not a path, so not the pool's. Merged as httpx
+            # merges it onto the caller's base_url, or left as is, to fail with httpx's own error.
+            if self._own_base_url:
+                kept: httpx.URL = super()._merge_url(url)  # type: ignore[misc]
+                return kept
+            return httpx.URL("/").copy_with(raw_path=b"/" + merged.raw_path.lstrip(b"/"))  # as onto httpx's ""
         if b"/." in merged.raw_path or merged.raw_path.startswith(b"."):
             normalised: httpx.URL = super()._merge_url(url)  # type: ignore[misc]  # httpx removes dot segments
             return normalised
@@ -119,10 +155,12 @@ class LBClient(_PoolClient, httpx.Client):
         service: str | None = None,
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
+        bypass: bool = True,
         **kwargs: Any,
     ) -> None:
-        name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
+        name, inner_kwargs, kwargs, self._own_base_url = _client_kwargs(kwargs, service)
         inner = kwargs.pop("transport", None)
+        self._no_env_proxies = inner is not None
         balancer = LoadBalancingTransport(
             hosts,
             strategy=strategy,
@@ -137,16 +175,20 @@ class LBClient(_PoolClient, httpx.Client):
             service=name,
             sni_hostname=sni_hostname,
             max_in_flight=max_in_flight,
+            bypass=bypass,
         )
         # Mounted for the service name so that proxy mounts from the environment never capture pool
         # requests; also the default transport, so other absolute URLs go through the inner one.
-        mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
+        # httpx's own proxy mounts never capture pool requests (nor those naming the service with another
+        # scheme or port, which the balancer refuses); other absolute URLs go to the balancer, which
+        # passes them to the inner transport.
+        mounts = {_mount_key(balancer.service): balancer, **(kwargs.pop("mounts", None) or {})}
+        self._balancer = balancer
         try:
-            super().__init__(transport=balancer, mounts=mounts, **kwargs)
+            super().__init__(mounts=mounts, **kwargs)
         except BaseException:
             balancer.close()  # stop the health-check thread it may have started
             raise
-        self._balancer = balancer
 
 
 class AsyncLBClient(_PoolClient, httpx.AsyncClient):
@@ -168,10 +210,12 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
         service: str | None = None,
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
+        bypass: bool = True,
         **kwargs: Any,
     ) -> None:
-        name, inner_kwargs, kwargs = _client_kwargs(kwargs, service)
+        name, inner_kwargs, kwargs, self._own_base_url = _client_kwargs(kwargs, service)
         inner = kwargs.pop("transport", None)
+        self._no_env_proxies = inner is not None
         balancer = AsyncLoadBalancingTransport(
             hosts,
             strategy=strategy,
@@ -187,7 +231,8 @@ class AsyncLBClient(_PoolClient, httpx.AsyncClient):
             service=name,
             sni_hostname=sni_hostname,
             max_in_flight=max_in_flight,
+            bypass=bypass,
         )
-        mounts = {f"all://{balancer.service}": balancer, **(kwargs.pop("mounts", None) or {})}
-        super().__init__(transport=balancer, mounts=mounts, **kwargs)
+        mounts = {_mount_key(balancer.service): balancer, **(kwargs.pop("mounts", None) or {})}
         self._balancer = balancer
+        super().__init__(mounts=mounts, **kwargs)

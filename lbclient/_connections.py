@@ -79,11 +79,13 @@ class Target:
         path = self.prefix + url.raw_path.decode("ascii").split("?", 1)[0]
         return replace(url, scheme=self.scheme, userinfo="", host=self.host, port=self.port, path=path)
 
-    def point(self, request: httpx.Request, url: httpx.URL, *, own_sni: bool) -> None:
-        """Aim ``request`` (whose pool URL is ``url``) at this host: URL, ``Host`` header and TLS name
-        (unless the caller gave the request its own ``sni_hostname``: ``own_sni``)."""
+    def point(self, request: httpx.Request, url: httpx.URL, *, own_sni: bool, own_host: bool = False) -> None:
+        """Aim ``request`` (whose pool URL is ``url``) at this host: URL, ``Host`` header (unless the
+        caller gave one: ``own_host``) and TLS name (unless the caller gave the request its own
+        ``sni_hostname``: ``own_sni``)."""
         request.url = self.rewrite(url)
-        request.headers["Host"] = self.host_header
+        if not own_host:
+            request.headers["Host"] = self.host_header
         if not own_sni:
             if self.sni_hostname is None:
                 request.extensions.pop("sni_hostname", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -120,8 +121,20 @@ class _Balancing:
         """The host name that marks this transport's pool requests."""
         return self._balancer.service
 
+    @property
+    def bypass(self) -> bool:
+        """False: a request that is not the pool's raises :class:`NotInPoolError` instead of going out."""
+        return self._balancer.bypass
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service={self.service!r} {self.pool!r}>"
+
+    _inner: Any  # the caller's transport, or None
+    _exited: bool
+
+    def _not_exited(self, transports: list[Any]) -> list[Any]:
+        """``transports`` without the caller's, once its own ``__exit__`` has closed it."""
+        return [t for t in transports if not (self._exited and t is self._inner)]
 
     def _connections_for(
         self, transport: object, transport_options: Mapping[str, Any] | None, sni_hostname: str | None
@@ -153,6 +166,7 @@ class BalancingOptions(typing.TypedDict, total=False):
     service: str
     sni_hostname: str | None
     max_in_flight: int | None
+    bypass: bool
 
 
 class AsyncBalancingOptions(BalancingOptions, total=False):
@@ -199,6 +213,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
         service: str = DEFAULT_SERVICE,
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
+        bypass: bool = True,
     ) -> None:
         self._connections: Connections[httpx.BaseTransport] = self._connections_for(
             transport, transport_options, sni_hostname
@@ -215,7 +230,10 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             service=service,
             connections=self._connections,
             max_in_flight=max_in_flight,
+            bypass=bypass,
         )
+        self._inner = transport
+        self._entered = self._exited = False
         self._closed = False
         self._loops = [chore.thread() for chore in self._balancer.chores]
 
@@ -301,6 +319,30 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             stale.close()
         return response
 
+    def __enter__(self) -> LoadBalancingTransport:
+        # httpx enters a client's transport and each of its mounts, and a client mounts its balancer as
+        # both: the caller's transport is entered (and exited) once, as httpx would do it.
+        if not self._entered and self._inner is not None:
+            self._entered = True
+            self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._entered and not self._exited:
+            self._exited = True
+            assert self._inner is not None
+            try:
+                self._inner.__exit__(exc_type, exc_value, traceback)  # which closes it
+            finally:
+                self.close()
+        else:
+            self.close()
+
     def close(self) -> None:
         """Stop the health checks and discovery thread, cut the requests in flight (they raise
         :class:`ClientClosedError` and are not retried), and close every connection."""
@@ -308,7 +350,7 @@ class LoadBalancingTransport(_Balancing, httpx.BaseTransport):
             self._closed = True
             for loop in self._loops:
                 loop.stopping.set()
-            close_transports(self._connections.close_all())
+            close_transports(self._not_exited(self._connections.close_all()))
             for loop in self._loops:
                 loop.stop()
 
@@ -338,6 +380,7 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         service: str = DEFAULT_SERVICE,
         sni_hostname: str | None = None,
         max_in_flight: int | None = None,
+        bypass: bool = True,
     ) -> None:
         self._connections: Connections[httpx.AsyncBaseTransport] = self._connections_for(
             transport, transport_options, sni_hostname
@@ -355,7 +398,10 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             connections=self._connections,
             hedge=hedge,
             max_in_flight=max_in_flight,
+            bypass=bypass,
         )
+        self._inner = transport
+        self._entered = self._exited = False
         self._closed = False
         self._loops = [chore.task() for chore in self._balancer.chores]
 
@@ -504,9 +550,31 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
         return chosen
 
     async def __aenter__(self) -> AsyncLoadBalancingTransport:
+        # Entered once per mount by httpx (a client mounts its balancer twice): the caller's transport
+        # is entered and exited once, as httpx would do it.
+        if not self._entered and self._inner is not None:
+            self._entered = True
+            await self._inner.__aenter__()
         for loop in self._loops:
             await loop.start()
         return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._entered and not self._exited:
+            self._exited = True
+            assert self._inner is not None
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._inner.__aexit__(exc_type, exc_value, traceback)  # which closes it
+            finally:
+                await self.aclose()
+        else:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the health-check and discovery tasks, cut the requests in flight (they raise
@@ -516,4 +584,4 @@ class AsyncLoadBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
             for loop in self._loops:
                 await loop.stop()
             with anyio.CancelScope(shield=True):
-                await aclose_transports(await self._connections.aclose_all())
+                await aclose_transports(self._not_exited(await self._connections.aclose_all()))

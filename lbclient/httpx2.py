@@ -404,8 +404,10 @@ class LoadBalancingTransport(_Bridged[_Core], httpx2.BaseTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a pool request to a host of the pool; any other request straight through."""
         core = self._core
-        if request.url.host != core.service:
+        if request.url.host != core.service and core.bypass:
             return core.passthrough().handle_request(request)
+        # The core refuses what it must (bypass=False; the service with another scheme or port), as
+        # httpx2's UnsupportedProtocol.
         with _TO_HTTPX2.errors(request):
             response = core.handle_request(_to_httpx(request, sync=True))
         return _response_to_httpx2(response, sync=True)
@@ -435,7 +437,7 @@ class AsyncLoadBalancingTransport(_Bridged[_AsyncCore], httpx2.AsyncBaseTranspor
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a pool request to a host of the pool; any other request straight through."""
         core = self._core
-        if request.url.host != core.service:
+        if request.url.host != core.service and core.bypass:
             return await core.passthrough().handle_async_request(request)
         with _TO_HTTPX2.errors(request):
             response = await core.handle_async_request(_to_httpx(request, sync=False))

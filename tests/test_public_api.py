@@ -28,6 +28,7 @@ EXPECTED = {
     "LoadBalancingTransport",
     "ClientClosedError",
     "NoAvailableHostError",
+    "NotInPoolError",
     "OutlierDetection",
     "PeakEwma",
     "Pool",
@@ -68,6 +69,7 @@ def test_types_join_httpx() -> None:
     assert issubclass(lbclient.LoadBalancingTransport, httpx.BaseTransport)
     assert issubclass(lbclient.AsyncLoadBalancingTransport, httpx.AsyncBaseTransport)
     assert issubclass(lbclient.NoAvailableHostError, httpx.TransportError)
+    assert issubclass(lbclient.NotInPoolError, httpx.UnsupportedProtocol)
 
 
 def test_contract_names_in_the_strategy_registry() -> None:

@@ -205,6 +205,16 @@ async def test_request_to_another_host_passes_through(bridge: Bridge, backends: 
     assert a.count() + b.count() == 0
 
 
+async def test_bypass_false_keeps_every_request_in_the_pool(bridge: Bridge, backends: list[Backend]) -> None:
+    a, _b, outsider = backends
+    async with bridge.client([a.url], mounted=False, bypass=False) as client:
+        assert (await bridge.get(client, "/x")).json()["id"] == "a"
+        for url in (f"{outsider.url}/direct", f"http://{SERVICE}:9999/x"):
+            with pytest.raises(httpx2.UnsupportedProtocol, match=url):
+                await bridge.get(client, url)
+    assert outsider.count() == 0
+
+
 async def test_request_bodies_arrive_whole(bridge: Bridge, backends: list[Backend]) -> None:
     async with bridge.client(urls(backends)) as client:
         sent = await bridge.request(client, "PUT", "/upload", content=b"payload")
