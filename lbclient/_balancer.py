@@ -19,8 +19,8 @@ import tenacity
 
 from ._connections import Connections, Target
 from ._core import Host, HostLike, HostState, Lease, Pool, PoolEvent, Strategy
-from ._core._config import IDEMPOTENT_METHODS, HealthCheck, Hedge, OutlierDetection, RetryPolicy
-from ._core._retry import FailureKind, RetryBudget, RetryPlan
+from ._core._config import HealthCheck, Hedge, OutlierDetection, RetryPolicy
+from ._core._retry import FailureKind, RetryBudget, RetryPlan, may_resend
 from ._discovery import Discovery, Refresher
 from ._exceptions import ClientClosedError, NoAvailableHostError, NotInPoolError
 from ._health import HTTPHealthChecks
@@ -407,15 +407,14 @@ class _Exchange:
             )
         return self._plan
 
-    def _may_resend(self, policy: RetryPolicy) -> bool:
-        """May this request be sent again once it may have reached a server? The request's
-        ``lb_idempotent`` decides when given; otherwise its method, its ``Idempotency-Key`` header or
-        ``policy.retry_non_idempotent``. The same answer as :class:`RetryPlan`'s, for hedging and buffering."""
-        if self._idempotent is not None:
-            return self._idempotent
+    def _may_resend(self, *, non_idempotent_too: bool) -> bool:
+        """May this request be sent again once it may have reached a server (:func:`may_resend`)?"""
         request = self.request
-        return (
-            request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers or policy.retry_non_idempotent
+        return may_resend(
+            request.method,
+            idempotency_key="idempotency-key" in request.headers,
+            idempotent=self._idempotent,
+            non_idempotent_too=non_idempotent_too,
         )
 
     # -- one attempt -------------------------------------------------------------------------------------
@@ -502,10 +501,7 @@ class _Exchange:
         request = self.request
         if hedge is None or request.extensions.get("lb_hedge", True) is False:
             return None
-        idempotent = self._idempotent
-        if idempotent is None:
-            idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
-        if not idempotent:
+        if not self._may_resend(non_idempotent_too=False):  # a hedge is a resend chosen for speed alone
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
@@ -540,7 +536,7 @@ class _Exchange:
         if self.attempts >= policy.max_attempts or not policy.buffer_limit or response.is_closed:
             return False
         request = self.request
-        if not self._may_resend(policy):
+        if not self._may_resend(non_idempotent_too=policy.retry_non_idempotent):
             return False
         length: str | None = response.headers.get("content-length")
         return (

@@ -13,7 +13,7 @@ from typing import Literal
 
 from ._config import IDEMPOTENT_METHODS, RetryPolicy
 
-__all__ = ["FailureKind", "RetryBudget", "RetryPlan"]
+__all__ = ["FailureKind", "RetryBudget", "RetryPlan", "may_resend"]
 
 #: ``connect``: the request never reached a server (safe to resend). ``sent``: it may have.
 FailureKind = Literal["connect", "sent"]
@@ -68,6 +68,17 @@ class RetryBudget:
             return True
 
 
+def may_resend(method: str, *, idempotency_key: bool, idempotent: bool | None, non_idempotent_too: bool) -> bool:
+    """May a request that possibly reached the server be sent again? ``idempotent`` is the request's own
+    word (``lb_idempotent``): True resends it as a GET would be, False never, whatever the method or the
+    policy; None leaves it to the method (RFC 9110 9.2.2), the ``Idempotency-Key`` header and
+    ``non_idempotent_too`` (the policy's ``retry_non_idempotent``). Retries, hedging and buffering ask
+    here, so they cannot disagree."""
+    if idempotent is not None:
+        return idempotent
+    return method.upper() in IDEMPOTENT_METHODS or idempotency_key or non_idempotent_too
+
+
 class RetryPlan:
     """The retry decisions for one request."""
 
@@ -87,14 +98,12 @@ class RetryPlan:
         idempotent: bool | None = None,
     ) -> None:
         self.policy = policy
-        #: May a request that possibly reached the server be sent again? ``idempotent`` is the request's
-        #: own word (``lb_idempotent``): True resends it as a GET would be, False never, whatever the
-        #: method or the policy; None leaves it to the method and the ``Idempotency-Key`` header.
-        if idempotent is None:
-            may_resend = method.upper() in IDEMPOTENT_METHODS or idempotency_key or policy.retry_non_idempotent
-        else:
-            may_resend = idempotent
-        self._may_resend = replayable and may_resend
+        self._may_resend = replayable and may_resend(
+            method,
+            idempotency_key=idempotency_key,
+            idempotent=idempotent,
+            non_idempotent_too=policy.retry_non_idempotent,
+        )
         self._deadline = deadline
         self._clock = clock
         self._rng = rng
