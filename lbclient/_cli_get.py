@@ -41,6 +41,7 @@ __all__ = [
     "Seen",
     "Tally",
     "add_arguments",
+    "byte_count",
     "drive",
     "host_state",
     "ms",
@@ -61,15 +62,24 @@ _EVENT_MESSAGE = "%s: %s %s: %s"
 # -- argument types -------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1; the error names the value."""
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1; the error names the value."""
+    return _integer(text, 1, "an integer")
+
+
+def byte_count(text: str) -> int:
+    """An argparse type: a number of bytes >= 0; the error names the value."""
+    return _integer(text, 0, "a number of bytes")
 
 
 def strategy_option(parser: argparse.ArgumentParser, default: str) -> None:

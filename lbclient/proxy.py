@@ -86,7 +86,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from ._cli_get import LOG_LEVELS, positive_float, positive_int, strategy_option
+from ._cli_get import LOG_LEVELS, byte_count, positive_float, positive_int, strategy_option
 from ._client import AsyncLBClient
 from ._core import HealthCheck, HostLike, RetryPolicy
 from ._discovery import Discovery
@@ -836,14 +836,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     callers.add_argument(
         "--request-buffer",
-        type=_byte_count,
+        type=byte_count,
         default=BUFFER,
         metavar="BYTES",
         help="request body read before a host is picked (default: %(default)s)",
     )
     callers.add_argument(
         "--response-buffer",
-        type=_byte_count,
+        type=byte_count,
         default=BUFFER,
         metavar="BYTES",
         help="answers of known length up to this are read whole, freeing the upstream (default: %(default)s)",
@@ -879,16 +879,6 @@ def _upstream_verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=args.ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"--ca-file {args.ca_file!r} cannot be used: {exc}") from None
-
-
-def _byte_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of bytes >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of bytes >= 0, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
